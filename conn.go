@@ -1,0 +1,355 @@
+package chat
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/net/websocket"
+)
+
+// client is one WebSocket connection. Its reader is the goroutine that
+// ServeHTTP runs on; its writer is started only when there is something to
+// write and ends when the queue is empty, so an idle connection costs one
+// goroutine and no queue.
+type client struct {
+	h      *Handler
+	ws     *websocket.Conn
+	wire   *wireConn
+	user   string
+	cancel context.CancelFunc // ends the connection's context (in-flight publishes)
+
+	// rooms maps each room the client is in to whether it was told "joined"
+	// (false: waiting for Redis to confirm). Guarded by hub.mu.
+	rooms map[string]bool
+
+	limiter    rateLimiter // reader only
+	pingBucket uint8       // which tick of the keepalive loop pings this client
+
+	mu         sync.Mutex
+	queue      [][]byte // frames waiting for the writer
+	spare      [][]byte // the writer's last batch, reused as the next queue
+	pingDue    bool
+	closeMsg   []byte // close frame payload the writer sends after the queue
+	writing    bool   // a writer goroutine is running
+	closing    bool   // a close frame was queued or the connection failed: queue nothing more
+	writerDone chan struct{}
+}
+
+func newClient(h *Handler, ws *websocket.Conn, wire *wireConn, user string, cancel context.CancelFunc) *client {
+	return &client{
+		h:          h,
+		ws:         ws,
+		wire:       wire,
+		user:       user,
+		cancel:     cancel,
+		rooms:      make(map[string]bool),
+		limiter:    newRateLimiter(h.cfg.ratePerSec, h.cfg.rateBurst),
+		pingBucket: uint8(rand.IntN(pingBuckets)),
+		writerDone: make(chan struct{}),
+	}
+}
+
+// textOnly receives one frame's payload, refusing binary frames.
+var textOnly = websocket.Codec{
+	Unmarshal: func(data []byte, payloadType byte, v any) error {
+		if payloadType != websocket.TextFrame {
+			return errBinaryFrame
+		}
+		*v.(*[]byte) = data
+		return nil
+	},
+}
+
+var errBinaryFrame = errors.New("binary frame")
+
+// serve joins the rooms named at connect, then reads frames until the
+// connection ends, and cleans up.
+func (c *client) serve(ctx context.Context, rooms []string) {
+	log := c.h.log
+	log.Debug("client connected", "user", c.user, "remote", c.wire.RemoteAddr().String())
+	for _, room := range rooms {
+		c.h.hub.join(c, room, "")
+	}
+	var err error
+	for {
+		var data []byte
+		err = textOnly.Receive(c.ws, &data)
+		if c.isClosing() {
+			// Our close frame is out: discard everything until the peer's
+			// close frame (io.EOF) or the close deadline.
+			if err != nil {
+				break
+			}
+			continue
+		}
+		if err == errBinaryFrame {
+			c.sendError(codeBadRequest, "binary frames are not supported; send JSON text frames", "")
+			continue
+		}
+		if err == websocket.ErrFrameTooLarge {
+			c.closeWith(closeTooBig, "frame larger than "+strconv.Itoa(c.h.cfg.frameLimit())+" bytes", false)
+			log.Info("client closed: frame too large", "user", c.user)
+			continue // drain until the peer answers the close
+		}
+		if err != nil {
+			break
+		}
+		c.handle(ctx, data)
+	}
+	c.finish(err)
+	log.Debug("client disconnected", "user", c.user, "reason", err)
+}
+
+// handle acts on one text frame from the client.
+func (c *client) handle(ctx context.Context, data []byte) {
+	f, rerr := decodeFrame(data)
+	if !c.limiter.allow(time.Now()) {
+		c.sendError(codeRateLimited, "too many frames; slow down", f.Ref)
+		return
+	}
+	if rerr != nil {
+		c.sendError(rerr.code, rerr.msg, f.Ref)
+		return
+	}
+	switch f.Type {
+	case typeJoin:
+		c.h.hub.join(c, f.Room, f.Ref)
+	case typeLeave:
+		c.h.hub.leave(c, f.Room, f.Ref)
+	case typeMessage:
+		if len(f.Text) > c.h.cfg.maxText {
+			c.sendError(codeTooLarge, "text longer than "+strconv.Itoa(c.h.cfg.maxText)+" bytes", f.Ref)
+			return
+		}
+		if !c.h.hub.isJoined(c, f.Room) {
+			c.sendError(codeNotJoined, "join "+f.Room+" before sending to it", f.Ref)
+			return
+		}
+		if err := c.h.publish(ctx, f.Room, c.user, f.Text, f.Ref); err != nil {
+			c.h.log.Warn("publish failed", "room", f.Room, "user", c.user, "err", err)
+			c.sendError(codeUnavailable, "message not sent: Redis is unavailable", f.Ref)
+		}
+	}
+}
+
+func (c *client) sendError(code, msg, ref string) { c.send(errorFrame(code, msg, ref)) }
+
+// send queues frame for the client without ever blocking. A client whose
+// queue is full cannot keep up: it is closed with 1013 so that it slows
+// nobody else. frame may be shared with other clients and is never modified.
+func (c *client) send(frame []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return
+	}
+	if len(c.queue) >= c.h.cfg.sendQueue {
+		c.h.log.Warn("client too slow: closing", "user", c.user, "queued", len(c.queue))
+		c.closeLocked(closeTryLater, "too slow: send queue full", true)
+		return
+	}
+	c.queue = append(c.queue, frame)
+	c.startWriterLocked()
+}
+
+func (c *client) ping() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closing {
+		c.pingDue = true
+		c.startWriterLocked()
+	}
+}
+
+func (c *client) isClosing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing
+}
+
+// closeWith sends a close frame after what is queued (or instead of it, with
+// dropQueue) and gives the peer closeGrace to answer before reads end.
+func (c *client) closeWith(code uint16, reason string, dropQueue bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closeLocked(code, reason, dropQueue)
+}
+
+func (c *client) closeLocked(code uint16, reason string, dropQueue bool) {
+	if c.closing {
+		return
+	}
+	c.closing = true
+	if dropQueue {
+		c.queue = nil
+	}
+	c.closeMsg = closePayload(code, reason)
+	c.startWriterLocked()
+	c.wire.endReadsBy(time.Now().Add(c.h.cfg.closeGrace))
+}
+
+// abort drops the connection at once, without a close frame.
+func (c *client) abort() {
+	c.mu.Lock()
+	c.closing = true
+	c.queue = nil
+	c.mu.Unlock()
+	c.cancel()
+	_ = c.wire.Close()
+}
+
+func (c *client) startWriterLocked() {
+	if !c.writing {
+		c.writing = true
+		c.h.conns.Add(1) // the reader is alive: the count is above zero
+		go c.writeLoop()
+	}
+}
+
+// writeLoop sends everything queued, many frames per syscall, until the
+// queue is empty; then it ends.
+func (c *client) writeLoop() {
+	defer c.h.conns.Done()
+	bp := writeBuffers.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= maxPooledBuffer {
+			writeBuffers.Put(bp)
+		}
+	}()
+	for {
+		c.mu.Lock()
+		batch, ping, closeMsg := c.queue, c.pingDue, c.closeMsg
+		c.queue, c.spare, c.pingDue, c.closeMsg = c.spare, nil, false, nil
+		if len(batch) == 0 && !ping && closeMsg == nil {
+			c.writing = false
+			c.queue = nil // an idle client holds no queue
+			if c.closing {
+				close(c.writerDone)
+			}
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+
+		b := (*bp)[:0]
+		if ping {
+			b = appendFrame(b, opPing, nil)
+		}
+		for _, f := range batch {
+			b = appendFrame(b, opText, f)
+		}
+		if closeMsg != nil {
+			b = appendFrame(b, opClose, closeMsg)
+		}
+		*bp = b
+		_, err := c.wire.Write(b)
+		clear(batch) // let the frames go
+		c.mu.Lock()
+		c.spare = batch[:0]
+		if err != nil && !c.closing {
+			// The peer is gone or stuck past the write timeout.
+			c.closing = true
+			c.queue = nil
+			c.mu.Unlock()
+			c.h.log.Debug("write failed: dropping client", "user", c.user, "err", err)
+			_ = c.wire.Close() // ends the reader too
+			continue
+		}
+		c.mu.Unlock()
+	}
+}
+
+// writeBuffers holds the buffers writers assemble their batches in, so that
+// an idle client owns none.
+var writeBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+const maxPooledBuffer = 64 << 10
+
+// finish runs when the reader stops: the client leaves its rooms, a close
+// frame from the peer is answered, and the writer is waited for.
+func (c *client) finish(readErr error) {
+	c.h.hub.removeClient(c)
+	c.cancel()
+	c.mu.Lock()
+	if !c.closing && errors.Is(readErr, io.EOF) {
+		// The peer closed first: answer its close frame (RFC 6455 §5.5.1).
+		c.closeMsg = closePayload(closeNormal, "")
+		c.startWriterLocked()
+	}
+	c.closing = true
+	c.queue = nil
+	wait := c.writing
+	c.mu.Unlock()
+	if !errors.Is(readErr, io.EOF) {
+		// Dead, silent or too slow: reset rather than leave the kernel
+		// an orphan socket with unsent data, which can linger and die
+		// without telling the peer. This also unblocks a stuck writer.
+		c.wire.reset()
+	}
+	if wait {
+		<-c.writerDone
+	}
+}
+
+// pingBuckets spreads pings over the interval so that a crowd of clients
+// that connected together is not pinged together.
+const pingBuckets = 16
+
+// pingLoop pings every client once per ping interval, a sixteenth of them at
+// each tick. Pongs (or any other frame) keep the client's reads alive.
+func (h *Handler) pingLoop(ctx context.Context) {
+	t := time.NewTicker(h.cfg.pingInterval / pingBuckets)
+	defer t.Stop()
+	var tick uint8
+	var due []*client
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		h.mu.Lock()
+		for c := range h.clients {
+			if c.pingBucket == tick {
+				due = append(due, c)
+			}
+		}
+		h.mu.Unlock()
+		for _, c := range due {
+			c.ping()
+		}
+		clear(due)
+		due = due[:0]
+		tick = (tick + 1) % pingBuckets
+	}
+}
+
+// rateLimiter is a token bucket: rate frames per second, bursts of burst.
+type rateLimiter struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+func newRateLimiter(rate float64, burst int) rateLimiter {
+	return rateLimiter{rate: rate, burst: float64(burst), tokens: float64(burst)}
+}
+
+func (l *rateLimiter) allow(now time.Time) bool {
+	if l.rate <= 0 {
+		return true
+	}
+	if !l.last.IsZero() {
+		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	}
+	l.last = now
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
+}

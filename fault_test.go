@@ -1,0 +1,106 @@
+package chat
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Redis is killed and restarted. Meanwhile sends are refused with
+// "unavailable" and joins fail; the same connections are told "resumed"
+// once the subscription is back, and chat again. Nothing is left running.
+func TestRedisKilledAndRestarted(t *testing.T) {
+	be := realRedis(t)
+	a, b := newInstance(t, be), newInstance(t, be)
+	ca := a.connect(t, "room=fault&user=ann")
+	cb := b.connect(t, "room=fault&user=ben")
+	must(t, ca.sendJSON(msgFrame("fault", "before", "")))
+	for _, c := range []*testWS{ca, cb} {
+		c.next(t, "message", wait)
+	}
+
+	be.real.Kill(t)
+	must(t, ca.sendJSON(msgFrame("fault", "into the void", "lost-1")))
+	if e := ca.next(t, "error", 2*a.h.cfg.publishTimeout); e["code"] != codeUnavailable || e["ref"] != "lost-1" {
+		t.Fatalf("send while Redis is down: %v, want unavailable with ref lost-1", e)
+	}
+	must(t, cb.sendJSON(map[string]any{"type": "join", "room": "newroom", "ref": "j1"}))
+	if e := cb.next(t, "error", a.h.cfg.subscribeTimeout+3*time.Second); e["code"] != codeUnavailable || e["ref"] != "j1" {
+		t.Fatalf("join while Redis is down: %v, want unavailable with ref j1", e)
+	}
+	if err := a.h.Publish(context.Background(), "fault", "server", "nobody"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Publish while Redis is down = %v, want ErrUnavailable", err)
+	}
+
+	be.real.Restart(t)
+	restarted := time.Now()
+	for _, c := range []*testWS{ca, cb} {
+		if f := c.next(t, "joined", 10*time.Second); f["room"] != "fault" || f["resumed"] != true {
+			t.Fatalf("after the restart: %v, want joined fault resumed", f)
+		}
+	}
+	t.Logf("both instances resubscribed %v after Redis came back", time.Since(restarted).Round(time.Millisecond))
+	must(t, cb.sendJSON(msgFrame("fault", "after", "back")))
+	for _, c := range []*testWS{ca, cb} {
+		if m := c.next(t, "message", wait); m["text"] != "after" {
+			t.Fatalf("after the restart: %v", m)
+		}
+	}
+	must(t, cb.sendJSON(map[string]any{"type": "join", "room": "newroom"}))
+	cb.next(t, "joined", wait)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ca.close()
+	cb.close()
+	must(t, a.h.Shutdown(ctx))
+	must(t, b.h.Shutdown(ctx))
+	noGoroutinesLeft(t)
+}
+
+// The subscription connection goes silent without closing (a proxy stops
+// forwarding). go-redis notices nothing; the watchdog must, reconnect and
+// resubscribe within 3 s, and tell the members they may have missed
+// messages.
+func TestRedisSubscriptionFrozen(t *testing.T) {
+	be := realRedis(t)
+	proxy := startTCPProxy(t, be.addr)
+	sub := redis.NewClient(&redis.Options{Addr: proxy.Addr})
+	t.Cleanup(func() { _ = sub.Close() })
+	a := newInstanceWith(t, be.client(t), sub)
+	b := newInstance(t, be)
+	ca := a.connect(t, "room=ice&user=ann")
+	cb := b.connect(t, "room=ice&user=ben")
+
+	proxy.FreezeExisting()
+	frozen := time.Now()
+	// Published while frozen: lost for a (at most once), delivered to b.
+	must(t, cb.sendJSON(msgFrame("ice", "while frozen", "")))
+	cb.next(t, "message", wait)
+
+	f := ca.next(t, "joined", 10*time.Second)
+	took := time.Since(frozen)
+	if f["room"] != "ice" || f["resumed"] != true {
+		t.Fatalf("got %v, want joined ice resumed", f)
+	}
+	if took > 3*time.Second {
+		t.Errorf("watchdog resubscribed after %v, want within 3 s", took)
+	}
+	t.Logf("frozen subscription replaced and resubscribed in %v", took.Round(time.Millisecond))
+	must(t, cb.sendJSON(msgFrame("ice", "thawed", "")))
+	for _, c := range []*testWS{ca, cb} {
+		if m := c.next(t, "message", wait); m["text"] != "thawed" {
+			t.Fatalf("after the watchdog: %v", m)
+		}
+	}
+	ca.close()
+	cb.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	must(t, a.h.Shutdown(ctx))
+	must(t, b.h.Shutdown(ctx))
+	noGoroutinesLeft(t)
+}

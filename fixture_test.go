@@ -1,0 +1,195 @@
+package chat
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// wait is the generous bound for anything that should happen "at once".
+const wait = 5 * time.Second
+
+// backend is a Redis the behaviour tests run against.
+type backend struct {
+	addr string
+	mr   *miniredis.Miniredis // set for the embedded one
+	real *redisServer         // set for a real redis-server
+}
+
+// forEachRedis runs fn against miniredis and against a real redis-server
+// that the test starts itself (skipped where the binary is missing, a
+// failure when CHAT_REQUIRE_REDIS=1).
+func forEachRedis(t *testing.T, fn func(t *testing.T, be *backend)) {
+	t.Run("miniredis", func(t *testing.T) {
+		mr := miniredis.RunT(t)
+		fn(t, &backend{addr: mr.Addr(), mr: mr})
+	})
+	t.Run("redis", func(t *testing.T) {
+		rs := startRedisServer(t)
+		fn(t, &backend{addr: rs.Addr, real: rs})
+	})
+}
+
+// realRedis is for behaviours only a real server can show (faults, timing).
+func realRedis(t *testing.T) *backend {
+	rs := startRedisServer(t)
+	return &backend{addr: rs.Addr, real: rs}
+}
+
+func (be *backend) client(t testing.TB) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: be.addr})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// instance is one chat server: a Handler on its own httptest server, with its
+// own pair of Redis clients, as in production.
+type instance struct {
+	h   *Handler
+	srv *httptest.Server
+	url string // ws://127.0.0.1:port/chat
+}
+
+func newInstance(t testing.TB, be *backend, opts ...Option) *instance {
+	t.Helper()
+	return newInstanceWith(t, be.client(t), be.client(t), opts...)
+}
+
+func newInstanceWith(t testing.TB, pub, sub redis.UniversalClient, opts ...Option) *instance {
+	t.Helper()
+	opts = append([]Option{WithLogger(testLogger(t))}, opts...)
+	h := New(pub, sub, opts...)
+	mux := http.NewServeMux()
+	mux.Handle("/chat", h)
+	srv := httptest.NewServer(mux)
+	in := &instance{h: h, srv: srv, url: "ws" + strings.TrimPrefix(srv.URL, "http") + "/chat"}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := h.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		srv.Close()
+	})
+	return in
+}
+
+// connect dials the instance with query (e.g. "room=a&user=bob") and waits
+// for a "joined" for every room in it.
+func (in *instance) connect(t testing.TB, query string) *testWS {
+	t.Helper()
+	c := mustDialWS(t, in.url+"?"+query)
+	pending := map[string]bool{}
+	for _, kv := range strings.Split(query, "&") {
+		if room, ok := strings.CutPrefix(kv, "room="); ok {
+			pending[room] = true
+		}
+	}
+	for len(pending) > 0 { // rooms may be confirmed in any order
+		delete(pending, str(c.next(t, "joined", wait)["room"]))
+	}
+	c.skipped = nil
+	return c
+}
+
+// clientCount is how many connections the Handler serves.
+func (in *instance) clientCount() int {
+	in.h.mu.Lock()
+	defer in.h.mu.Unlock()
+	return len(in.h.clients)
+}
+
+// eventually polls cond until it holds or d passes. It waits for a
+// condition, it does not stand in for a signal the code does not have.
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// packageGoroutines lists the stacks of running goroutines that are inside
+// the package's own (non-test) code.
+func packageGoroutines() []string {
+	_, self, _, _ := runtime.Caller(0)
+	dir := filepath.Dir(self) + "/"
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var ours []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		for _, line := range strings.Split(g, "\n") {
+			line = strings.TrimSpace(line)
+			if strings.HasPrefix(line, dir) && !strings.Contains(line, "_test.go:") {
+				ours = append(ours, g)
+				break
+			}
+		}
+	}
+	return ours
+}
+
+// noGoroutinesLeft fails unless every goroutine of the package has ended
+// (allowing a moment for ones that are returning).
+func noGoroutinesLeft(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		left := packageGoroutines()
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutine(s) of the package still running:\n%s", len(left), strings.Join(left, "\n\n"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// testLogger sends the package's logs to the test log, so they show up with
+// a failing test and stay quiet otherwise.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	defer func() { recover() }() // a log line after the test ended is dropped
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+var _ io.Writer = testWriter{}
+
+func msgFrame(room, text, ref string) map[string]any {
+	f := map[string]any{"type": "message", "room": room, "text": text}
+	if ref != "" {
+		f["ref"] = ref
+	}
+	return f
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func str(v any) string { return fmt.Sprint(v) }

@@ -1,0 +1,167 @@
+package chat
+
+import (
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// An Option configures a Handler. The zero configuration is safe for the
+// open internet; options loosen or tighten it.
+type Option func(*config)
+
+type config struct {
+	logger       *slog.Logger
+	instanceID   string
+	roomTTL      time.Duration
+	keyPrefix    string
+	authenticate func(*http.Request) (string, error)
+	origins      map[string]bool // lower-cased; "*" allows every origin
+	maxText      int
+	sendQueue    int
+	ratePerSec   float64 // <= 0: unlimited
+	rateBurst    int
+	maxRooms     int
+	pingInterval time.Duration
+	readTimeout  time.Duration
+	writeTimeout time.Duration
+
+	// Not options: fixed policy, variables only so tests can shorten them.
+	subscribeTimeout time.Duration // Redis must confirm a SUBSCRIBE within this
+	publishTimeout   time.Duration // bound on one publish round trip
+	redisPing        time.Duration // liveness probe of the subscription connection
+	closeGrace       time.Duration // wait for the peer's close frame after ours
+}
+
+func defaultConfig() config {
+	return config{
+		roomTTL:          5 * time.Minute,
+		keyPrefix:        "chat:",
+		maxText:          4096,
+		sendQueue:        256,
+		ratePerSec:       20,
+		rateBurst:        40,
+		maxRooms:         32,
+		pingInterval:     25 * time.Second,
+		readTimeout:      60 * time.Second,
+		writeTimeout:     10 * time.Second,
+		subscribeTimeout: 5 * time.Second,
+		publishTimeout:   3 * time.Second,
+		redisPing:        500 * time.Millisecond,
+		closeGrace:       2 * time.Second,
+	}
+}
+
+// frameLimit is the largest WebSocket frame a client may send. It leaves
+// room for a maximal text once JSON-escaped (up to 6 bytes per byte, as in
+// "\u0001") plus the other fields, and is never below the SPEC's 32 KiB.
+func (c *config) frameLimit() int {
+	return max(32<<10, 6*c.maxText+1024)
+}
+
+// WithLogger sets the logger; every line carries instance=<InstanceID>.
+// The default is slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) { c.logger = l }
+}
+
+// WithInstanceID replaces the generated instance ID (for example with a pod
+// name). It tags log lines and the "instance" field of messages.
+func WithInstanceID(id string) Option {
+	return func(c *config) { c.instanceID = id }
+}
+
+// WithRoomTTL sets how long a room's activity key outlives its last sign of
+// life (a member on some instance, or a message). Default 5 minutes.
+func WithRoomTTL(d time.Duration) Option {
+	return func(c *config) {
+		if d >= time.Second {
+			c.roomTTL = d
+		}
+	}
+}
+
+// WithKeyPrefix sets the prefix of every Redis key and channel. Default "chat:".
+func WithKeyPrefix(p string) Option {
+	return func(c *config) { c.keyPrefix = p }
+}
+
+// WithAuthenticate sets a hook that runs before the WebSocket upgrade. It
+// returns the user's display name; an error answers HTTP 401 and no upgrade
+// happens. With a hook, the "user" query parameter is ignored; an empty name
+// gets an anonymous one.
+func WithAuthenticate(fn func(*http.Request) (user string, err error)) Option {
+	return func(c *config) { c.authenticate = fn }
+}
+
+// WithAllowedOrigins lists the cross-origin pages allowed to connect, as
+// "scheme://host[:port]" ("*" allows any). Same-host pages and clients that
+// send no Origin header (non-browsers) are always allowed.
+func WithAllowedOrigins(origins ...string) Option {
+	return func(c *config) {
+		if c.origins == nil {
+			c.origins = make(map[string]bool)
+		}
+		for _, o := range origins {
+			c.origins[strings.ToLower(strings.TrimRight(o, "/"))] = true
+		}
+	}
+}
+
+// WithMaxMessageBytes sets the longest accepted message text in bytes
+// (default 4096). Longer texts get a "too_large" error; the connection stays.
+func WithMaxMessageBytes(n int) Option {
+	return func(c *config) {
+		if n > 0 {
+			c.maxText = n
+		}
+	}
+}
+
+// WithSendQueue sets how many frames may wait for one slow client (default
+// 256). A client whose queue is full is closed with 1013 so that it never
+// slows anyone else.
+func WithSendQueue(n int) Option {
+	return func(c *config) {
+		if n > 0 {
+			c.sendQueue = n
+		}
+	}
+}
+
+// WithRateLimit sets how many frames per second a connection may send, with
+// bursts of burst (default 20/s, bursts of 40). Frames over the limit get a
+// "rate_limited" error. perSecond <= 0 removes the limit.
+func WithRateLimit(perSecond float64, burst int) Option {
+	return func(c *config) {
+		c.ratePerSec = perSecond
+		c.rateBurst = max(burst, 1)
+	}
+}
+
+// WithMaxRooms sets how many rooms one connection may be in (default 32).
+func WithMaxRooms(n int) Option {
+	return func(c *config) {
+		if n > 0 {
+			c.maxRooms = n
+		}
+	}
+}
+
+// WithTimeouts sets the keepalive policy: a ping every ping, a connection
+// from which nothing was read for read is dropped, and every write must
+// finish within write. Defaults 25 s, 60 s, 10 s. Zero keeps a default.
+func WithTimeouts(ping, read, write time.Duration) Option {
+	return func(c *config) {
+		if ping > 0 {
+			c.pingInterval = ping
+		}
+		if read > 0 {
+			c.readTimeout = read
+		}
+		if write > 0 {
+			c.writeTimeout = write
+		}
+	}
+}

@@ -1,0 +1,207 @@
+package chat
+
+// A real redis-server process for tests, started on a free loopback port.
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+const (
+	rsReadyTimeout = 10 * time.Second // how long start/Restart wait for PING
+	rsLogTail      = 2048             // bytes of the server log shown in failures
+)
+
+// redisServer is a redis-server child process owned by one test.
+type redisServer struct {
+	Addr string // 127.0.0.1:port, unchanged across Kill/Restart
+
+	bin     string
+	dir     string
+	logPath string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd     // current process, nil when killed
+	done chan struct{} // closed when cmd has been waited for
+}
+
+// startRedisServer starts `redis-server --port P --bind 127.0.0.1 --save ""
+// --appendonly no --dir <t.TempDir()>` on a free port and waits (up to 10 s)
+// until it answers PING. Its output goes to redis.log in that directory; the
+// log's tail is shown when starting fails. If redis-server is not in PATH the
+// test is skipped, or fails when CHAT_REQUIRE_REDIS=1. At t.Cleanup the
+// process is killed by PID and waited for.
+func startRedisServer(t testing.TB) *redisServer {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		const msg = "redis-server not found in PATH; install it (apt-get install redis-server) or set CHAT_REQUIRE_REDIS=1 to make this a failure"
+		if os.Getenv("CHAT_REQUIRE_REDIS") == "1" {
+			t.Fatalf("CHAT_REQUIRE_REDIS=1 but redis-server not found in PATH: %v", err)
+		}
+		t.Skip(msg)
+	}
+	dir := t.TempDir()
+	s := &redisServer{bin: bin, dir: dir, logPath: filepath.Join(dir, "redis.log")}
+	t.Cleanup(func() { s.rsStop() })
+	// The free port can be taken between probing and binding: retry a little.
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		port, err := rsFreePort()
+		if err != nil {
+			t.Fatalf("startRedisServer: %v", err)
+		}
+		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if lastErr = s.rsStart(); lastErr == nil {
+			return s
+		}
+		if !strings.Contains(s.rsTail(), "in use") {
+			break
+		}
+	}
+	t.Fatalf("startRedisServer: %v\n--- redis.log tail ---\n%s", lastErr, s.rsTail())
+	return nil
+}
+
+// Kill sends SIGKILL to the server and waits for it to exit. Addr stays the
+// same; Restart brings the server back on it. Killing twice is harmless.
+func (s *redisServer) Kill(t testing.TB) {
+	t.Helper()
+	s.rsStop()
+}
+
+// Restart starts the server again on the same port (killing it first if it
+// still runs) and waits until it answers PING. Data is not kept.
+func (s *redisServer) Restart(t testing.TB) {
+	t.Helper()
+	s.rsStop()
+	if err := s.rsStart(); err != nil {
+		t.Fatalf("redisServer.Restart on %s: %v\n--- redis.log tail ---\n%s", s.Addr, err, s.rsTail())
+	}
+}
+
+// Client returns a new go-redis client for s.Addr, closed at t.Cleanup.
+func (s *redisServer) Client(t testing.TB) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// rsStart launches the process and waits until it answers PING; on failure
+// the process is gone when it returns.
+func (s *redisServer) rsStart() error {
+	_, port, _ := net.SplitHostPort(s.Addr)
+	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close() // the child keeps its own descriptor
+	fmt.Fprintf(logf, "=== starting redis-server on %s at %s ===\n", s.Addr, time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(s.bin, "--port", port, "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	s.mu.Lock()
+	s.cmd, s.done = cmd, done
+	s.mu.Unlock()
+
+	deadline := time.Now().Add(rsReadyTimeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := rsPing(s.Addr, deadline)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			s.rsStop()
+			return fmt.Errorf("redis-server on %s did not answer PING within %v: %w", s.Addr, rsReadyTimeout, err)
+		}
+		select {
+		case <-done:
+			s.rsStop()
+			return fmt.Errorf("redis-server on %s exited before answering PING (%v)", s.Addr, cmd.ProcessState)
+		case <-tick.C:
+		}
+	}
+}
+
+// rsStop kills the current process by PID, if any, and waits for it.
+func (s *redisServer) rsStop() {
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.cmd, s.done = nil, nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+}
+
+// rsTail returns the end of the server log.
+func (s *redisServer) rsTail() string {
+	b, err := os.ReadFile(s.logPath)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	if len(b) > rsLogTail {
+		b = b[len(b)-rsLogTail:]
+	}
+	return string(b)
+}
+
+// rsPing sends one PING to addr and expects +PONG.
+func rsPing(addr string, deadline time.Time) error {
+	d := time.Until(deadline)
+	if d > time.Second {
+		d = time.Second
+	}
+	if d <= 0 {
+		d = time.Millisecond
+	}
+	conn, err := net.DialTimeout("tcp", addr, d)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(d))
+	if _, err := conn.Write([]byte("*1\r\n$4\r\nPING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(line) != "+PONG" {
+		return errors.New("unexpected PING reply " + strconv.Quote(line))
+	}
+	return nil
+}
+
+// rsFreePort asks the kernel for a free loopback port.
+func rsFreePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}

@@ -1,0 +1,122 @@
+package chat
+
+import (
+	"bufio"
+	"encoding/binary"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// WebSocket opcodes and close codes the server writes itself.
+const (
+	opText  = 0x1
+	opClose = 0x8
+	opPing  = 0x9
+
+	closeNormal    = 1000
+	closeGoingAway = 1001
+	closeTooBig    = 1009
+	closeTryLater  = 1013
+)
+
+// wireConn is a client's TCP connection after the hijack. It exists because
+// x/net/websocket hides two things the server needs:
+//
+//   - Liveness. Pongs never reach the application, so a read deadline cannot
+//     be pushed back when one arrives. Instead every Read pushes the
+//     deadline to now+readTimeout: any byte from the peer, pong included,
+//     proves it alive, and a peer silent for readTimeout fails the read.
+//   - Write control. x/net writes one frame per syscall and only close code
+//     1000. The client's writer encodes frames itself and sends a whole
+//     batch, close frames with any code included, in one Write. wmu keeps
+//     those batches and x/net's own writes (handshake, pongs) whole.
+type wireConn struct {
+	net.Conn
+	reader       *bufio.Reader // what x/net reads frames from
+	readTimeout  time.Duration
+	writeTimeout time.Duration
+	ahead        []byte       // bytes net/http read past the request before the hijack
+	closeBy      atomic.Int64 // Unix ns; once set, reads fail by then whatever arrives
+
+	wmu sync.Mutex
+}
+
+func newWireConn(c net.Conn, buffered *bufio.Reader, cfg *config) *wireConn {
+	w := &wireConn{Conn: c, readTimeout: cfg.readTimeout, writeTimeout: cfg.writeTimeout}
+	if n := buffered.Buffered(); n > 0 {
+		w.ahead, _ = buffered.Peek(n)
+		w.ahead = append([]byte(nil), w.ahead...)
+	}
+	// A small buffer: frame headers are read through it, larger payloads
+	// bypass it. net/http's 4 KiB reader is released with the request.
+	w.reader = bufio.NewReaderSize(w, 512)
+	return w
+}
+
+func (w *wireConn) Read(p []byte) (int, error) {
+	if len(w.ahead) > 0 {
+		n := copy(p, w.ahead)
+		w.ahead = w.ahead[n:]
+		return n, nil
+	}
+	deadline := time.Now().Add(w.readTimeout).UnixNano()
+	if by := w.closeBy.Load(); by != 0 && by < deadline {
+		deadline = by
+	}
+	_ = w.Conn.SetReadDeadline(time.Unix(0, deadline))
+	// endReadsBy may have run between the Load and the Set above.
+	if by := w.closeBy.Load(); by != 0 && by < deadline {
+		_ = w.Conn.SetReadDeadline(time.Unix(0, by))
+	}
+	return w.Conn.Read(p)
+}
+
+// endReadsBy bounds every read from now on, and the one in progress, by t:
+// after the server sends a close frame it waits that long for the peer's.
+func (w *wireConn) endReadsBy(t time.Time) {
+	w.closeBy.Store(t.UnixNano())
+	_ = w.Conn.SetReadDeadline(t)
+}
+
+// reset drops the connection at once (TCP RST), discarding unsent data.
+func (w *wireConn) reset() {
+	if tc, ok := w.Conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = w.Conn.Close()
+}
+
+// Write sends p whole, within the write timeout. x/net uses it for the
+// handshake response and pongs; the client's writer for its batches.
+func (w *wireConn) Write(p []byte) (int, error) {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	_ = w.Conn.SetWriteDeadline(time.Now().Add(w.writeTimeout))
+	return w.Conn.Write(p)
+}
+
+// appendFrame appends one unmasked, final server frame.
+func appendFrame(b []byte, opcode byte, payload []byte) []byte {
+	n := len(payload)
+	switch {
+	case n <= 125:
+		b = append(b, 0x80|opcode, byte(n))
+	case n <= 0xffff:
+		b = append(b, 0x80|opcode, 126, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0x80|opcode, 127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	return append(b, payload...)
+}
+
+// closePayload is a close frame's body: the code, then a short reason
+// (control frames carry at most 125 bytes).
+func closePayload(code uint16, reason string) []byte {
+	if len(reason) > 123 {
+		reason = reason[:123]
+	}
+	return append(binary.BigEndian.AppendUint16(nil, code), reason...)
+}
