@@ -159,7 +159,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "chat: server shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	defer h.conns.Done()
+	served := false // the connection was handed to its own goroutine
+	defer func() {
+		if !served {
+			h.conns.Done()
+		}
+	}()
 
 	netConn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
@@ -169,23 +174,44 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	wire := newWireConn(netConn, brw.Reader, &h.cfg)
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
 	srv := websocket.Server{
 		// The checks above replace x/net's, which refuses clients that
 		// send no Origin and accepts any cross origin.
 		Handshake: func(*websocket.Config, *http.Request) error { return nil },
 		Handler: func(ws *websocket.Conn) {
+			// Serve on a goroutine of the Handler's own and return, so that
+			// net/http lets go of the request's state (about 10 KiB of
+			// buffers) instead of holding it for the connection's life.
+			wire.detach()
+			served = true
 			ws.MaxPayloadBytes = h.cfg.frameLimit()
+			ctx, cancel := context.WithCancel(context.Background())
 			c := newClient(h, ws, wire, user, cancel)
-			if !h.register(c) {
-				c.closeWith(closeGoingAway, "server shutting down", false)
-			}
-			c.serve(ctx, rooms)
-			h.unregister(c)
+			go func() {
+				defer h.conns.Done()
+				defer cancel()
+				if !h.register(c) {
+					c.closeWith(closeGoingAway, "server shutting down", false)
+				}
+				c.serve(ctx, rooms)
+				h.unregister(c)
+				_ = wire.Conn.Close()
+			}()
 		},
 	}
-	srv.ServeHTTP(hijacked{w, wire}, r)
+	srv.ServeHTTP(hijacked{w, wire}, handshakeRequest(r))
+}
+
+// handshakeRequest is the part of r that x/net's handshake reads. x/net
+// keeps the request for the connection's life, so it gets no more.
+func handshakeRequest(r *http.Request) *http.Request {
+	hdr := make(http.Header, 5)
+	for _, k := range []string{"Upgrade", "Connection", "Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Protocol"} {
+		if v, ok := r.Header[k]; ok {
+			hdr[k] = v
+		}
+	}
+	return &http.Request{Method: r.Method, Host: r.Host, URL: r.URL, Header: hdr}
 }
 
 // hijacked hands x/net/websocket the connection ServeHTTP already took over

@@ -77,6 +77,12 @@ func (c *client) serve(ctx context.Context, rooms []string) {
 	}
 	var err error
 	for {
+		// Wait for the next frame here, shallow on the stack, rather than
+		// deep inside x/net: the runtime then shrinks an idle connection's
+		// stack to 4 KiB instead of keeping 8.
+		if _, err = c.wire.reader.Peek(1); err != nil {
+			break
+		}
 		var data []byte
 		err = textOnly.Receive(c.ws, &data)
 		if c.isClosing() {
@@ -200,7 +206,7 @@ func (c *client) abort() {
 	c.queue = nil
 	c.mu.Unlock()
 	c.cancel()
-	_ = c.wire.Close()
+	_ = c.wire.Conn.Close()
 }
 
 func (c *client) startWriterLocked() {
@@ -257,7 +263,7 @@ func (c *client) writeLoop() {
 			c.queue = nil
 			c.mu.Unlock()
 			c.h.log.Debug("write failed: dropping client", "user", c.user, "err", err)
-			_ = c.wire.Close() // ends the reader too
+			_ = c.wire.Conn.Close() // ends the reader too
 			continue
 		}
 		c.mu.Unlock()

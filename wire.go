@@ -39,6 +39,7 @@ type wireConn struct {
 	writeTimeout time.Duration
 	ahead        []byte       // bytes net/http read past the request before the hijack
 	closeBy      atomic.Int64 // Unix ns; once set, reads fail by then whatever arrives
+	detached     atomic.Bool  // the client's goroutine owns the connection: Close is a no-op
 
 	wmu sync.Mutex
 }
@@ -71,6 +72,19 @@ func (w *wireConn) Read(p []byte) (int, error) {
 		_ = w.Conn.SetReadDeadline(time.Unix(0, by))
 	}
 	return w.Conn.Read(p)
+}
+
+// detach makes Close a no-op: x/net closes the connection when its handler
+// returns, but the client's own goroutine serves it from then on and closes
+// it itself (w.Conn.Close).
+func (w *wireConn) detach() { w.detached.Store(true) }
+
+// Close closes the connection unless it was detached (see detach).
+func (w *wireConn) Close() error {
+	if w.detached.Load() {
+		return nil
+	}
+	return w.Conn.Close()
 }
 
 // endReadsBy bounds every read from now on, and the one in progress, by t:
