@@ -1,0 +1,225 @@
+//go:build !race
+
+// The race detector allows at most 8128 live goroutines; this test runs
+// about 20,000 (both ends of 10,000 connections), so it is built without it.
+
+package chat
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// 10,000 connections over two instances, in 1,000 rooms of 10 with members
+// on both instances; one member of each room sends messages. Every member
+// gets every message of its room, in order; the servers' memory per
+// connection stays small and does not grow with messaging; once everyone
+// left, the instances hold no subscription.
+//
+// The two instances run in a child process (the demo, built here), so that
+// each process keeps its 10,000 descriptors under the usual limit of 20,000,
+// and the servers' memory is their real RSS.
+func TestLoad10kConnections(t *testing.T) {
+	if os.Getenv("CHAT_LOAD") != "1" {
+		t.Skip("set CHAT_LOAD=1 to run the 10,000-connection load test (about 30 s; CI runs it)")
+	}
+	const conns, roomSize, perSender = 10_000, 10, 5
+	const rooms = conns / roomSize
+	raiseFileLimit(t, conns+1000)
+	be := realRedis(t)
+	demo := startDemo(t, be.addr, 2)
+	baseline := demo.rss(t)
+
+	start := time.Now()
+	clients := make([]*testWS, conns)
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	next := make(chan int)
+	for w := 0; w < 50; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				room := i / roomSize
+				url := fmt.Sprintf("%s?room=load-%d&user=u%d", demo.urls[(i+room)%2], room, i)
+				c, _, err := dialWS(t, url, nil)
+				if err == nil {
+					var f map[string]any
+					f, err = c.readJSON(30 * time.Second)
+					if err == nil && f["type"] != "joined" {
+						err = fmt.Errorf("client %d: first frame %v", i, f)
+					}
+				}
+				if err != nil {
+					errs <- err
+					continue
+				}
+				clients[i] = c
+			}
+		}()
+	}
+	for i := 0; i < conns; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("connect: %v", err)
+	}
+	connected := demo.rss(t)
+	perConn := float64(connected-baseline) / conns
+	t.Logf("%d connections joined %d rooms in %v; server RSS %d -> %d KiB, %.1f KiB per connection",
+		conns, rooms, time.Since(start).Round(time.Millisecond), baseline, connected, perConn)
+	if perConn > 24 {
+		t.Errorf("server RSS grew %.1f KiB per idle connection, want at most 24", perConn)
+	}
+
+	// Every member reads its room's messages on its own goroutine.
+	start = time.Now()
+	results := make(chan error, conns)
+	for i, c := range clients {
+		go func() {
+			sender := i / roomSize * roomSize
+			for k := 0; k < perSender; k++ {
+				m, err := c.readJSON(30 * time.Second)
+				if err == nil && (m["type"] != "message" || m["text"] != fmt.Sprintf("%d-%d", sender, k)) {
+					err = fmt.Errorf("client %d: message %d is %v", i, k, m)
+				}
+				if err != nil {
+					results <- err
+					return
+				}
+			}
+			results <- nil
+		}()
+	}
+	for r := 0; r < rooms; r++ {
+		sender := clients[r*roomSize]
+		go func() {
+			for k := 0; k < perSender; k++ {
+				if err := sender.sendJSON(msgFrame(fmt.Sprintf("load-%d", r), fmt.Sprintf("%d-%d", r*roomSize, k), "")); err != nil {
+					results <- err
+					return
+				}
+			}
+		}()
+	}
+	for i := 0; i < conns; i++ {
+		if err := <-results; err != nil {
+			t.Fatal(err)
+		}
+	}
+	afterChat := demo.rss(t)
+	t.Logf("%d messages, %d deliveries, all in order, in %v; server RSS after chatting %d KiB",
+		rooms*perSender, conns*perSender, time.Since(start).Round(time.Millisecond), afterChat)
+	if grown := float64(afterChat-connected) / conns; grown > 4 {
+		t.Errorf("server RSS grew %.1f KiB per connection while chatting, want at most 4", grown)
+	}
+
+	for _, c := range clients {
+		c.close()
+	}
+	rdb := be.client(t)
+	eventually(t, 30*time.Second, "rooms still subscribed after every client left", func() bool {
+		chs, err := rdb.PubSubChannels(context.Background(), "chat:msg:*").Result()
+		return err == nil && len(chs) == 0
+	})
+}
+
+// demoProcess is the demo server running as a child process.
+type demoProcess struct {
+	urls []string // ws://…/chat, one per instance
+	cmd  *exec.Cmd
+}
+
+// startDemo builds the demo and runs n instances of it in one child process
+// against the Redis at redisAddr, with no rate limit.
+func startDemo(t *testing.T, redisAddr string, n int) *demoProcess {
+	bin := filepath.Join(t.TempDir(), "demo")
+	if out, err := exec.Command("go", "build", "-o", bin, "./_example").CombinedOutput(); err != nil {
+		t.Fatalf("go build ./_example: %v\n%s", err, out)
+	}
+	var addrs []string
+	d := &demoProcess{}
+	for i := 0; i < n; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		must(t, err)
+		addrs = append(addrs, ln.Addr().String())
+		ln.Close()
+		d.urls = append(d.urls, "ws://"+addrs[i]+"/chat")
+	}
+	logPath := filepath.Join(t.TempDir(), "demo.log")
+	logFile, err := os.Create(logPath)
+	must(t, err)
+	d.cmd = exec.Command(bin, "-addr", strings.Join(addrs, ","), "-redis", "redis://"+redisAddr, "-rate-limit", "0")
+	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
+	must(t, d.cmd.Start())
+	t.Cleanup(func() {
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+		_ = d.cmd.Wait()
+		logFile.Close()
+		if t.Failed() {
+			out, _ := os.ReadFile(logPath)
+			t.Logf("demo log (tail):\n%s", tail(string(out), 3000))
+		}
+	})
+	for _, addr := range addrs {
+		eventually(t, 30*time.Second, "demo not healthy at "+addr, func() bool {
+			resp, err := http.Get("http://" + addr + "/healthz")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == 200
+		})
+	}
+	return d
+}
+
+// rss is the child's resident memory in KiB, after the dust settles.
+func (d *demoProcess) rss(t *testing.T) uint64 {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	must(t, err)
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kib uint64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kib)
+			return kib
+		}
+	}
+	t.Fatal("no VmRSS in /proc status")
+	return 0
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// raiseFileLimit makes room for n open files, raising the hard limit too
+// where the process may.
+func raiseFileLimit(t *testing.T, n uint64) {
+	var lim syscall.Rlimit
+	must(t, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim))
+	if lim.Cur >= n {
+		return
+	}
+	lim.Cur = n
+	lim.Max = max(lim.Max, n)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatalf("need %d open files; raising RLIMIT_NOFILE failed (%v): raise ulimit -n", n, err)
+	}
+}
