@@ -73,6 +73,7 @@ type subState struct {
 	want        bool // a local member or joiner needs the room
 	confirmed   bool // Redis's last word on the room was "subscribe"
 	inFlight    bool // a command for the room awaits its reply
+	resubscribe bool // our last command was SUBSCRIBE: go-redis resubscribes it after a reconnect
 	interrupted bool // was confirmed when the connection was lost: next confirmation resumes
 }
 
@@ -164,10 +165,10 @@ func (b *redisBus) sync(ctx context.Context) {
 		case s == nil || s.inFlight:
 			continue // the reply will mark the room dirty again if need be
 		case s.want && !s.confirmed:
-			s.inFlight = true
+			s.inFlight, s.resubscribe = true, true
 			subRooms = append(subRooms, room)
 		case !s.want && s.confirmed:
-			s.inFlight = true
+			s.inFlight, s.resubscribe = true, false
 			unsubRooms = append(unsubRooms, room)
 		case !s.want && !s.confirmed:
 			delete(b.subs, room)
@@ -233,6 +234,8 @@ func (b *redisBus) commandFailed(rooms []string) {
 		if s := b.subs[room]; s != nil {
 			s.inFlight = false
 			s.confirmed = false
+			// go-redis keeps a channel it failed to subscribe and subscribes
+			// it on reconnect; an unsubscribed one it forgets.
 		}
 	}
 }
@@ -352,8 +355,11 @@ func (b *redisBus) confirm(m *redis.Subscription) {
 }
 
 // connectionLost resets every room's state after the subscription connection
-// failed. Wanted rooms expect a confirmation again: from go-redis's own
-// resubscription (replaced false) or from the new PubSub (replaced true).
+// failed: no reply is coming for the commands sent on it. A new confirmation
+// comes for the rooms go-redis resubscribes by itself (replaced false: those
+// whose last command was SUBSCRIBE), or for every wanted room when the bus
+// made a new PubSub (replaced true, the rooms returned). Other wanted rooms
+// are left to subscribeLoop.
 func (b *redisBus) connectionLost(replaced bool) []string {
 	b.mu.Lock()
 	var wanted []string
@@ -362,10 +368,16 @@ func (b *redisBus) connectionLost(replaced bool) []string {
 			s.interrupted = true
 		}
 		s.confirmed = false
-		if s.want {
-			s.inFlight = true
+		if replaced {
+			s.resubscribe = s.want
+		}
+		s.inFlight = s.resubscribe
+		switch {
+		case s.want && s.resubscribe:
 			wanted = append(wanted, room)
-		} else if replaced || !s.inFlight {
+		case s.want:
+			b.markDirtyLocked(room)
+		case !s.inFlight:
 			delete(b.subs, room)
 		}
 	}
