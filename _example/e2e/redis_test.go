@@ -1,0 +1,103 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestTwoProcessesRealRedis runs the demo as two processes against a real
+// redis-server and chats across them: a message sent to process A reaches a
+// client of process B and the sender, in the same order for both. Then A is
+// stopped with SIGTERM: its client gets close 1001, A exits 0, and B keeps
+// relaying.
+func TestTwoProcessesRealRedis(t *testing.T) {
+	redisAddr := startRedis(t)
+	redisURL := "redis://" + redisAddr
+	addrA := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addrB := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	a := startDemo(t, "A", []string{addrA}, "-redis", redisURL, "-rate-limit", "0")
+	startDemo(t, "B", []string{addrB}, "-redis", redisURL)
+	instA, instB := instanceID(t, "http://"+addrA), instanceID(t, "http://"+addrB)
+	if instA == instB {
+		t.Fatalf("both processes report instance %q", instA)
+	}
+	t.Logf("process A: %s on %s, process B: %s on %s, redis %s", instA, addrA, instB, addrB, redisAddr)
+
+	room := fmt.Sprintf("e2e-%06x", rand.IntN(1<<24))
+	wsURL := func(addr, user string) string {
+		return "ws://" + addr + "/chat?" + url.Values{"room": {room}, "user": {user}}.Encode()
+	}
+	bob := dialWS(t, "bob@B", wsURL(addrB, "bob"))
+	if f := bob.expect("joined"); f.Room != room || f.Resumed {
+		t.Fatalf("bob: joined frame %+v", f)
+	}
+	alice := dialWS(t, "alice@A", wsURL(addrA, "alice"))
+	if f := alice.expect("joined"); f.Room != room || f.Resumed {
+		t.Fatalf("alice: joined frame %+v", f)
+	}
+
+	// The room key is set on join (SPEC §4), with a TTL.
+	key := "chat:room:{" + room + "}"
+	if reply, err := redisCommand(redisAddr, "EXISTS", key); err != nil || reply != ":1" {
+		t.Errorf("EXISTS %s = %q, %v; want :1", key, reply, err)
+	}
+	if reply, err := redisCommand(redisAddr, "TTL", key); err != nil || !positive(reply) {
+		t.Errorf("TTL %s = %q, %v; want a positive TTL", key, reply, err)
+	}
+
+	start := time.Now()
+	alice.sendJSON(map[string]string{"type": "message", "room": room, "text": "hello from A", "ref": "a1"})
+	bob.sendJSON(map[string]string{"type": "message", "room": room, "text": "hello from B", "ref": "b1"})
+	var got [2][]frame
+	for i, c := range []*wsConn{alice, bob} {
+		for range 2 {
+			got[i] = append(got[i], c.expect("message"))
+		}
+	}
+	t.Logf("both clients got both messages within %v", time.Since(start).Round(time.Millisecond))
+	for i := range got[0] {
+		ma, mb := got[0][i], got[1][i]
+		if ma.ID != mb.ID || ma.Text != mb.Text || ma.User != mb.User || ma.Instance != mb.Instance || ma.TS != mb.TS {
+			t.Errorf("message %d differs between the clients:\nalice got %+v\nbob   got %+v", i, ma, mb)
+		}
+	}
+	want := map[string]struct{ user, instance, ref string }{
+		"hello from A": {"alice", instA, "a1"},
+		"hello from B": {"bob", instB, "b1"},
+	}
+	for _, m := range got[0] {
+		w, ok := want[m.Text]
+		if !ok || m.User != w.user || m.Instance != w.instance || m.Ref != w.ref || m.Room != room || m.ID == "" || m.TS == 0 {
+			t.Errorf("unexpected message %+v (want user %q, instance %q, ref %q)", m, w.user, w.instance, w.ref)
+		}
+		delete(want, m.Text)
+	}
+	if got[0][0].ID == got[0][1].ID {
+		t.Errorf("two messages share the id %q", got[0][0].ID)
+	}
+
+	// Graceful shutdown of A: its client is told 1001 (going away), the
+	// process exits 0 (checked by stop), and B still works.
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.stop() }()
+	if code := alice.expectClose(10 * time.Second); code != 1001 {
+		t.Errorf("alice: close code %d after SIGTERM, want 1001", code)
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("demo A: %v", err)
+	}
+	bob.sendJSON(map[string]string{"type": "message", "room": room, "text": "still here", "ref": "b2"})
+	if m := bob.expect("message"); m.Text != "still here" || m.Instance != instB || m.Ref != "b2" {
+		t.Errorf("bob after A stopped: %+v", m)
+	}
+}
+
+func positive(reply string) bool {
+	n, err := strconv.Atoi(strings.TrimPrefix(reply, ":"))
+	return err == nil && n > 0
+}

@@ -1,0 +1,243 @@
+// Command _example is the chat demo: one or more chat instances, each an
+// HTTP server with its own chat.Handler and its own pair of Redis clients,
+// relaying through one Redis.
+//
+//	go run ./_example                                  # embedded Redis, instances on :8080 and :8081
+//	go run ./_example -redis redis://127.0.0.1:6379 -addr :8080   # one instance against a real Redis
+//
+// Routes: / (the page), /chat (the WebSocket), /chat.js (the browser client),
+// /healthz (200 when Redis answers a PING within 1 s) and /info (the
+// instance ID as JSON).
+package main
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/chatrelay/chat"
+	"github.com/redis/go-redis/v9"
+)
+
+//go:embed index.html app.js style.css
+var assets embed.FS
+
+var page = template.Must(template.ParseFS(assets, "index.html"))
+
+// csp keeps the page to its own scripts and styles: user text is only ever
+// rendered with textContent, and this backs that up.
+const csp = "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
+func main() {
+	addrs := flag.String("addr", "", "comma-separated listen addresses, one chat instance each\n(default \":8080,:8081\" with the embedded Redis, \":8080\" otherwise)")
+	redisURL := flag.String("redis", "", "Redis URL such as redis://127.0.0.1:6379/0 (default $REDIS_URL;\nneither set: an embedded miniredis)")
+	rate := flag.Float64("rate-limit", 20, "messages per second per connection, in bursts of twice that; 0 = no limit")
+	flag.Parse()
+	if *redisURL == "" {
+		*redisURL = os.Getenv("REDIS_URL")
+	}
+	os.Exit(run(*addrs, *redisURL, *rate))
+}
+
+// instance is one chat server: an address, a Handler and its Redis clients.
+type instance struct {
+	h        *chat.Handler
+	pub, sub *redis.Client
+	log      *slog.Logger
+	ln       net.Listener
+	srv      *http.Server
+	url      string
+}
+
+func run(addrList, redisURL string, rate float64) int {
+	base := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	redisDesc := redisURL
+	if redisURL == "" {
+		mr, err := miniredis.Run()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "embedded redis:", err)
+			return 1
+		}
+		defer mr.Close()
+		mr.ClockTTL(true) // room keys expire in real time, as with a real Redis
+		redisURL = "redis://" + mr.Addr()
+		redisDesc = "embedded miniredis at " + mr.Addr()
+		if addrList == "" {
+			addrList = ":8080,:8081"
+		}
+	} else if addrList == "" {
+		addrList = ":8080"
+	}
+	opt, err := redis.ParseURL(redisURL)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "-redis:", err)
+		return 2
+	}
+
+	var insts []*instance
+	defer func() {
+		for _, in := range insts {
+			in.pub.Close()
+			in.sub.Close()
+		}
+	}()
+	var ids []string
+	for _, addr := range strings.Split(addrList, ",") {
+		in, err := newInstance(strings.TrimSpace(addr), opt, rate, base)
+		if in != nil {
+			insts = append(insts, in)
+		}
+		if err != nil {
+			in.log.Error("cannot listen", "addr", addr, "err", err)
+			return 1
+		}
+		ids = append(ids, in.h.InstanceID())
+		in.log.Info("chat instance listening", "url", in.url, "redis", redisDesc, "rate_limit", rate)
+	}
+	// go-redis logs through one global logger (reconnects, dial failures); it
+	// cannot tell which instance a line is about, so it names them all.
+	redis.SetLogger(redisLogger{base.With("instance", strings.Join(ids, ","), "component", "go-redis")})
+
+	if len(insts) == 1 {
+		fmt.Printf("open %s (start more processes with another -addr and the same -redis to chat across them)\n", insts[0].url)
+	} else {
+		urls := make([]string, len(insts))
+		for i, in := range insts {
+			urls[i] = in.url
+		}
+		fmt.Printf("open %s in %d tabs\n", strings.Join(urls, " and "), len(insts))
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	serveErr := make(chan error, len(insts))
+	for _, in := range insts {
+		go func() {
+			if err := in.srv.Serve(in.ln); !errors.Is(err, http.ErrServerClosed) {
+				in.log.Error("serve", "err", err)
+				serveErr <- err
+			}
+		}()
+	}
+	code := 0
+	select {
+	case <-ctx.Done():
+	case <-serveErr:
+		code = 1
+	}
+	stop() // a second Ctrl-C kills the process at once
+
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, in := range insts {
+		wg.Go(func() { in.shutdown(sctx) })
+	}
+	wg.Wait()
+	return code
+}
+
+func newInstance(addr string, opt *redis.Options, rate float64, base *slog.Logger) (*instance, error) {
+	in := &instance{pub: redis.NewClient(opt), sub: redis.NewClient(opt)}
+	burst := 0
+	if rate > 0 {
+		burst = max(1, int(math.Ceil(2*rate)))
+	}
+	in.h = chat.New(in.pub, in.sub, chat.WithLogger(base), chat.WithRateLimit(rate, burst))
+	in.log = base.With("instance", in.h.InstanceID())
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", in.index)
+	mux.Handle("GET /app.js", http.FileServerFS(assets))
+	mux.Handle("GET /style.css", http.FileServerFS(assets))
+	mux.Handle("GET /chat.js", chat.ClientScript())
+	mux.Handle("/chat", in.h)
+	mux.HandleFunc("GET /healthz", in.healthz)
+	mux.HandleFunc("GET /info", in.info)
+	in.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(in.log.Handler(), slog.LevelWarn),
+	}
+
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return in, err
+	}
+	in.ln = ln
+	in.url = "http://" + browsable(ln.Addr())
+	return in, nil
+}
+
+// browsable turns a listen address into host:port for a URL: an unspecified
+// host (":8080", "0.0.0.0:8080", "[::]:8080") becomes localhost.
+func browsable(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func (in *instance) index(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", csp)
+	w.Header().Set("Cache-Control", "no-cache")
+	if err := page.Execute(w, struct{ Instance string }{in.h.InstanceID()}); err != nil {
+		in.log.Warn("render page", "err", err)
+	}
+}
+
+func (in *instance) healthz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+	defer cancel()
+	w.Header().Set("Cache-Control", "no-store")
+	if err := in.pub.Ping(ctx).Err(); err != nil {
+		http.Error(w, "redis unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+func (in *instance) info(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	json.NewEncoder(w).Encode(map[string]string{"instance": in.h.InstanceID()})
+}
+
+// shutdown stops accepting connections, then closes every WebSocket with
+// 1001 (the browser client reconnects, to another instance if there is a
+// load balancer) and waits for the Handler's goroutines.
+func (in *instance) shutdown(ctx context.Context) {
+	in.log.Info("stopping: no new connections, closing WebSockets with 1001")
+	if err := in.srv.Shutdown(ctx); err != nil {
+		in.log.Warn("http shutdown", "err", err)
+	}
+	if err := in.h.Shutdown(ctx); err != nil {
+		in.log.Warn("chat shutdown", "err", err)
+	}
+}
+
+type redisLogger struct{ l *slog.Logger }
+
+func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.l.WarnContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)))
+}

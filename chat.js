@@ -1,0 +1,332 @@
+/**
+ * chat.js: the browser client for github.com/chatrelay/chat.
+ *
+ * A dependency-free ES module. Serve it from Go with chat.ClientScript()
+ * (for example at /chat.js) and import it from a module script:
+ *
+ *   import { ChatClient } from "/chat.js";
+ *
+ *   const c = new ChatClient("/chat", { user: "alice", rooms: ["lobby"] });
+ *   c.addEventListener("state", (e) => console.log("connection:", e.detail.state));
+ *   c.addEventListener("joined", (e) => {
+ *     if (e.detail.resumed) console.warn(`reconnected to ${e.detail.room}: messages may have been missed`);
+ *   });
+ *   c.addEventListener("message", (e) => {
+ *     const m = e.detail; // {room, id, user, text, ts, instance, ref?}
+ *     console.log(`[${m.room}] ${m.user}: ${m.text} (via ${m.instance})`);
+ *   });
+ *   c.addEventListener("error", (e) => console.warn(e.detail.code, e.detail.message));
+ *   c.join("random");
+ *   const ref = c.send("lobby", "hello"); // ref comes back in the relayed message or in an error
+ *
+ * new ChatClient(url, options)
+ *   url                The WebSocket endpoint: "ws(s)://…", "http(s)://…" or a path such as
+ *                      "/chat", resolved against the page's location.
+ *   options.user       Display name, sent as ?user= (a server with an authenticate hook ignores it):
+ *                      1–32 printable characters, or empty for an anon-… name; throws a TypeError
+ *                      otherwise.
+ *   options.rooms      Rooms to join on connect, sent as ?room=….
+ *   options.minDelay   First reconnect delay in ms (default 500).
+ *   options.maxDelay   Largest reconnect delay in ms before jitter (default 10000). Each delay
+ *                      doubles from minDelay up to maxDelay and is then scaled by 0.5–1.5 (±50 %).
+ *
+ * Properties (read-only): state, user, rooms (the rooms the client wants to be in; rejoined
+ * after every reconnect), joinedRooms (the rooms the server has confirmed on this connection).
+ *
+ * Events: all are CustomEvents with the data in event.detail.
+ *   state    {state, previous}: state is "connecting" (first attempt), "open",
+ *            "reconnecting" (waiting or retrying after a drop) or "closed" (final).
+ *   open     {reconnect}: the WebSocket opened; reconnect is true after the first time.
+ *   close    {code, reason, wasClean, reconnect, delay}: the WebSocket closed; reconnect tells
+ *            whether another attempt follows, after delay ms.
+ *   joined   {room, resumed}: the server confirmed the room. From then on every message of the
+ *            room arrives. resumed is true when the room was joined before a reconnect (of this
+ *            client, or of the server to Redis): messages sent in between may have been missed.
+ *   left     {room}: the room was left (once per leave() call).
+ *   message  {type, room, id, user, text, ts, instance, ref?}: a chat message as relayed by the
+ *            server; ts is Unix milliseconds at the origin, instance the server instance that
+ *            took it from its sender. There is no local echo: your own messages arrive here too,
+ *            in the same order every member of the room sees. Repeated ids are dropped.
+ *   error    {code, message, ref?, room?}: a server error frame (bad_request, invalid_room,
+ *            not_joined, too_large, rate_limited, too_many_rooms, unavailable), or one raised
+ *            here: not_connected (send() while the connection is down; nothing was sent).
+ *            room is set for a failed join(); the room is then dropped from rooms.
+ *
+ * Methods:
+ *   join(room)               Join a room (1–64 characters of A-Z a-z 0-9 . _ -; throws a
+ *                            TypeError otherwise). Remembered across reconnects.
+ *   leave(room)              Leave a room.
+ *   send(room, text, ref?)   Send a message to a joined room; returns the ref, an automatic
+ *                            "c1", "c2", … when none is given.
+ *   close()                  Close for good: no reconnect.
+ *
+ * Reconnects: after any close except close() and the close codes 1008 (policy) and 1009
+ * (message too big), which are not transient; 1001 (server going away), 1006 (dropped) and
+ * 1013 (too slow) are retried. A connection has to stay up for 5 s before the backoff starts
+ * again from minDelay. A browser reports a refused handshake (HTTP 401, 403, 400) as 1006
+ * too, so such a client keeps retrying at maxDelay; the state event shows it.
+ */
+
+const ROOM_RE = /^[A-Za-z0-9._-]{1,64}$/;
+// Go's unicode.IsPrint: letters, marks, numbers, punctuation, symbols and the ASCII space.
+const USER_RE = /^[\p{L}\p{M}\p{N}\p{P}\p{S} ]{1,32}$/u;
+const FINAL_CODES = new Set([1008, 1009]);
+const STABLE_MS = 5000;
+const SEEN_IDS = 1000;
+
+function toWebSocketURL(url) {
+  const base = typeof location !== "undefined" ? location.href : undefined;
+  const u = new URL(String(url), base);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  else if (u.protocol === "https:") u.protocol = "wss:";
+  if (u.protocol !== "ws:" && u.protocol !== "wss:") {
+    throw new TypeError(`ChatClient: unsupported URL scheme ${u.protocol}`);
+  }
+  u.hash = "";
+  return u;
+}
+
+function checkUser(user) {
+  user = String(user ?? "");
+  // The server refuses a bad ?user= before the upgrade, which a browser only
+  // sees as close code 1006: the client would retry forever.
+  if (user !== "" && (!USER_RE.test(user) || [...user].length > 32)) {
+    throw new TypeError(`ChatClient: invalid user name ${JSON.stringify(user)} (1-32 printable characters)`);
+  }
+  return user;
+}
+
+function checkRoom(room) {
+  if (typeof room !== "string" || !ROOM_RE.test(room)) {
+    throw new TypeError(`ChatClient: invalid room name ${JSON.stringify(room)} (1-64 characters of A-Z a-z 0-9 . _ -)`);
+  }
+  return room;
+}
+
+export class ChatClient extends EventTarget {
+  #url;
+  #user;
+  #minDelay;
+  #maxDelay;
+  #ws = null;
+  #state = "closed";
+  #closing = false; // close() was called
+  #rooms = new Set(); // rooms the user wants
+  #joined = new Set(); // rooms confirmed on the current socket
+  #resume = new Set(); // rooms confirmed on an earlier socket, not yet again
+  #urlRooms = new Set(); // rooms passed as ?room= on the current socket
+  #joinRefs = new Map(); // ref of a join frame → room
+  #leaving = new Map(); // room → whether its "left" event is still owed
+  #seen = new Set();
+  #seenOrder = [];
+  #refSeq = 0;
+  #attempt = 0;
+  #timer = 0;
+  #openedAt = 0;
+  #everOpened = false;
+  #onOnline = () => {
+    if (this.#state === "reconnecting" && this.#timer) this.#connect();
+  };
+
+  constructor(url, { user = "", rooms = [], minDelay = 500, maxDelay = 10000 } = {}) {
+    super();
+    this.#url = toWebSocketURL(url);
+    this.#user = checkUser(user);
+    this.#minDelay = Math.max(0, Number(minDelay) || 0);
+    this.#maxDelay = Math.max(this.#minDelay, Number(maxDelay) || 0);
+    for (const r of rooms) this.#rooms.add(checkRoom(r));
+    if (typeof addEventListener === "function") addEventListener("online", this.#onOnline);
+    this.#connect();
+    // Listeners added right after the constructor still see the first state.
+    queueMicrotask(() => {
+      if (this.#state === "connecting") this.#emit("state", { state: "connecting", previous: "closed" });
+    });
+  }
+
+  get state() { return this.#state; }
+  get user() { return this.#user; }
+  get rooms() { return [...this.#rooms]; }
+  get joinedRooms() { return [...this.#joined]; }
+
+  join(room) {
+    checkRoom(room);
+    if (this.#closing || this.#rooms.has(room)) return;
+    this.#rooms.add(room);
+    if (this.#isOpen()) this.#sendJoin(room);
+    // Otherwise the room goes into the URL of the next connection, or is
+    // joined when the socket that is connecting now opens.
+  }
+
+  leave(room) {
+    if (!this.#rooms.delete(room)) return;
+    this.#resume.delete(room);
+    if (this.#isOpen()) {
+      this.#leaving.set(room, true);
+      this.#sendFrame({ type: "leave", room });
+    } else {
+      queueMicrotask(() => this.#emit("left", { room }));
+    }
+  }
+
+  send(room, text, ref) {
+    ref = ref === undefined || ref === null ? `c${++this.#refSeq}` : String(ref);
+    if (!this.#sendFrame({ type: "message", room, text: String(text), ref })) {
+      queueMicrotask(() =>
+        this.#emit("error", { code: "not_connected", message: "not connected: the message was not sent", ref, room }));
+    }
+    return ref;
+  }
+
+  close() {
+    if (this.#closing) return;
+    this.#closing = true;
+    clearTimeout(this.#timer);
+    this.#timer = 0;
+    if (typeof removeEventListener === "function") removeEventListener("online", this.#onOnline);
+    if (this.#ws) this.#ws.close(1000, "client closed");
+    this.#setState("closed");
+  }
+
+  #isOpen() {
+    return this.#ws !== null && this.#ws.readyState === WebSocket.OPEN;
+  }
+
+  #sendFrame(frame) {
+    if (!this.#isOpen()) return false;
+    this.#ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  #sendJoin(room) {
+    const ref = `j${++this.#refSeq}`;
+    this.#joinRefs.set(ref, room);
+    this.#sendFrame({ type: "join", room, ref });
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  #setState(state) {
+    if (state === this.#state) return;
+    const previous = this.#state;
+    this.#state = state;
+    this.#emit("state", { state, previous });
+  }
+
+  #connect() {
+    clearTimeout(this.#timer);
+    this.#timer = 0;
+    const u = new URL(this.#url);
+    u.searchParams.delete("room");
+    u.searchParams.delete("user");
+    if (this.#user) u.searchParams.set("user", this.#user);
+    this.#urlRooms = new Set(this.#rooms);
+    for (const r of this.#urlRooms) u.searchParams.append("room", r);
+    if (this.#state !== "reconnecting") this.#setState("connecting");
+
+    const ws = new WebSocket(u);
+    this.#ws = ws;
+    ws.onopen = () => { if (ws === this.#ws) this.#handleOpen(); };
+    ws.onmessage = (e) => { if (ws === this.#ws) this.#handleFrame(e.data); };
+    ws.onclose = (e) => { if (ws === this.#ws) this.#handleClose(e); };
+  }
+
+  #handleOpen() {
+    this.#openedAt = Date.now();
+    const reconnect = this.#everOpened;
+    this.#everOpened = true;
+    // Rooms joined while this socket was connecting were not in its URL.
+    for (const r of this.#rooms) if (!this.#urlRooms.has(r)) this.#sendJoin(r);
+    if (!this.#closing) this.#setState("open");
+    this.#emit("open", { reconnect });
+  }
+
+  #handleFrame(data) {
+    let f;
+    try {
+      f = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (!f || typeof f !== "object") return;
+    switch (f.type) {
+      case "joined": {
+        for (const [ref, room] of this.#joinRefs) if (room === f.room) this.#joinRefs.delete(ref);
+        if (!this.#rooms.has(f.room)) {
+          // Left (or never wanted) while the join was on its way: undo it quietly.
+          if (!this.#leaving.has(f.room)) {
+            this.#leaving.set(f.room, false);
+            this.#sendFrame({ type: "leave", room: f.room });
+          }
+          return;
+        }
+        const resumed = f.resumed === true || this.#resume.has(f.room);
+        this.#resume.delete(f.room);
+        this.#joined.add(f.room);
+        this.#emit("joined", { room: f.room, resumed });
+        return;
+      }
+      case "left": {
+        this.#joined.delete(f.room);
+        const owed = this.#leaving.get(f.room);
+        this.#leaving.delete(f.room);
+        if (owed) this.#emit("left", { room: f.room });
+        return;
+      }
+      case "message": {
+        if (f.id !== undefined) {
+          if (this.#seen.has(f.id)) return;
+          this.#seen.add(f.id);
+          this.#seenOrder.push(f.id);
+          if (this.#seenOrder.length > SEEN_IDS) this.#seen.delete(this.#seenOrder.shift());
+        }
+        this.#emit("message", f);
+        return;
+      }
+      case "error": {
+        const detail = { code: f.code, message: f.message };
+        if (f.ref !== undefined) detail.ref = f.ref;
+        if (f.room !== undefined) detail.room = f.room;
+        const room = f.ref !== undefined ? this.#joinRefs.get(f.ref) : undefined;
+        if (room !== undefined) {
+          this.#joinRefs.delete(f.ref);
+          this.#rooms.delete(room);
+          this.#resume.delete(room);
+          detail.room = room;
+        }
+        this.#emit("error", detail);
+        return;
+      }
+    }
+  }
+
+  #handleClose(e) {
+    this.#ws = null;
+    for (const r of this.#joined) if (this.#rooms.has(r)) this.#resume.add(r);
+    this.#joined.clear();
+    this.#joinRefs.clear();
+    const owed = [...this.#leaving].filter(([, o]) => o).map(([r]) => r);
+    this.#leaving.clear();
+    for (const room of owed) this.#emit("left", { room });
+
+    const reconnect = !this.#closing && !FINAL_CODES.has(e.code);
+    let delay = 0;
+    if (reconnect) {
+      if (this.#openedAt && Date.now() - this.#openedAt >= STABLE_MS) this.#attempt = 0;
+      const base = Math.min(this.#maxDelay, this.#minDelay * 2 ** this.#attempt);
+      delay = Math.round(base * (0.5 + Math.random()));
+      this.#attempt++;
+    }
+    this.#openedAt = 0;
+    this.#emit("close", { code: e.code, reason: e.reason, wasClean: e.wasClean, reconnect, delay });
+    if (!reconnect) {
+      this.#closing = true;
+      if (typeof removeEventListener === "function") removeEventListener("online", this.#onOnline);
+      this.#setState("closed");
+      return;
+    }
+    this.#setState("reconnecting");
+    this.#timer = setTimeout(() => this.#connect(), delay);
+  }
+}
