@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -30,18 +31,19 @@ type client struct {
 	limiter    rateLimiter // reader only
 	pingBucket uint8       // which tick of the keepalive loop pings this client
 
-	mu         sync.Mutex
-	queue      [][]byte // frames waiting for the writer
-	spare      [][]byte // the writer's last batch, reused as the next queue
-	pingDue    bool
-	closeMsg   []byte // close frame payload the writer sends after the queue
-	writing    bool   // a writer goroutine is running
-	closing    bool   // a close frame was queued or the connection failed: queue nothing more
-	writerDone chan struct{}
+	mu          sync.Mutex
+	queue       [][]byte // frames waiting for the writer
+	spare       [][]byte // the writer's last batch, reused as the next queue
+	pingDue     bool
+	closeMsg    []byte // close frame payload the writer sends after the queue
+	writing     bool   // a writer goroutine is running
+	closing     bool   // a close frame was queued or the connection failed: queue nothing more
+	writerDone  chan struct{}
+	writeLoopFn func() // c.writeLoop, made once: "go c.writeLoop()" would allocate a closure per start
 }
 
 func newClient(h *Handler, ws *websocket.Conn, wire *wireConn, user string, cancel context.CancelFunc) *client {
-	return &client{
+	c := &client{
 		h:          h,
 		ws:         ws,
 		wire:       wire,
@@ -52,6 +54,8 @@ func newClient(h *Handler, ws *websocket.Conn, wire *wireConn, user string, canc
 		pingBucket: uint8(rand.IntN(pingBuckets)),
 		writerDone: make(chan struct{}),
 	}
+	c.writeLoopFn = c.writeLoop
+	return c
 }
 
 // textOnly receives one frame's payload, refusing binary frames.
@@ -213,7 +217,7 @@ func (c *client) startWriterLocked() {
 	if !c.writing {
 		c.writing = true
 		c.h.conns.Add(1) // the reader is alive: the count is above zero
-		go c.writeLoop()
+		go c.writeLoopFn()
 	}
 }
 
@@ -233,7 +237,9 @@ func (c *client) writeLoop() {
 		c.queue, c.spare, c.pingDue, c.closeMsg = c.spare, nil, false, nil
 		if len(batch) == 0 && !ping && closeMsg == nil {
 			c.writing = false
-			c.queue = nil // an idle client holds no queue
+			if cap(c.queue) > idleQueueCap {
+				c.queue = nil // an idle client holds no large queue
+			}
 			if c.closing {
 				close(c.writerDone)
 			}
@@ -242,16 +248,7 @@ func (c *client) writeLoop() {
 		}
 		c.mu.Unlock()
 
-		b := (*bp)[:0]
-		if ping {
-			b = appendFrame(b, opPing, nil)
-		}
-		for _, f := range batch {
-			b = appendFrame(b, opText, f)
-		}
-		if closeMsg != nil {
-			b = appendFrame(b, opClose, closeMsg)
-		}
+		b := appendBatch((*bp)[:0], ping, batch, closeMsg)
 		*bp = b
 		_, err := c.wire.Write(b)
 		clear(batch) // let the frames go
@@ -269,6 +266,31 @@ func (c *client) writeLoop() {
 		c.mu.Unlock()
 	}
 }
+
+// appendBatch encodes what the writer sends in one write: a ping if due,
+// the queued frames, and a close frame if one was asked for. It sizes b once,
+// so that large batches do not grow it step by step.
+func appendBatch(b []byte, ping bool, batch [][]byte, closeMsg []byte) []byte {
+	size := len(closeMsg) + 2*maxFrameHeader
+	for _, f := range batch {
+		size += len(f) + maxFrameHeader
+	}
+	b = slices.Grow(b, size)
+	if ping {
+		b = appendFrame(b, opPing, nil)
+	}
+	for _, f := range batch {
+		b = appendFrame(b, opText, f)
+	}
+	if closeMsg != nil {
+		b = appendFrame(b, opClose, closeMsg)
+	}
+	return b
+}
+
+// idleQueueCap is the queue capacity an idle client keeps, so that the
+// next message to it does not allocate.
+const idleQueueCap = 4
 
 // writeBuffers holds the buffers writers assemble their batches in, so that
 // an idle client owns none.

@@ -86,7 +86,11 @@ func decodeFrame(data []byte) (inFrame, *requestError) {
 	case "":
 		return f, badRequest("missing field: type")
 	default:
-		return f, badRequest("unknown frame type " + strconv.Quote(f.Type))
+		t := f.Type
+		if len(t) > 32 { // never echo a client's string at length
+			t = t[:32] + "…"
+		}
+		return f, badRequest("unknown frame type " + strconv.Quote(t))
 	}
 	if f.Room == "" {
 		return f, badRequest("missing field: room")

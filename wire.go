@@ -111,6 +111,9 @@ func (w *wireConn) Write(p []byte) (int, error) {
 	return w.Conn.Write(p)
 }
 
+// maxFrameHeader is the longest server frame header (no mask).
+const maxFrameHeader = 10
+
 // appendFrame appends one unmasked, final server frame.
 func appendFrame(b []byte, opcode byte, payload []byte) []byte {
 	n := len(payload)
