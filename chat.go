@@ -115,7 +115,10 @@ func New(pub, sub redis.UniversalClient, opts ...Option) *Handler {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	h.stopLoop = cancel
-	h.loops.Add(4)
+	h.loops.Add(4 + publishers)
+	for _, q := range h.bus.pubQueues {
+		go func() { defer h.loops.Done(); h.bus.publishLoop(ctx, q) }()
+	}
 	go func() { defer h.loops.Done(); h.bus.receiveLoop(ctx) }()
 	go func() { defer h.loops.Done(); h.bus.subscribeLoop(ctx) }()
 	go func() { defer h.loops.Done(); h.activity.refreshLoop(ctx, h.hub.roomNames, h.log) }()
@@ -325,12 +328,13 @@ func (h *Handler) Publish(ctx context.Context, room, user, text string) error {
 	if closed {
 		return ErrClosed
 	}
-	return h.publish(ctx, room, user, text, "")
+	return h.bus.publish(ctx, room, h.newMessage(room, user, text, ""))
 }
 
-// publish stamps a message with its ID, time and origin, encodes it once and
-// hands it to Redis. Local members see it only when Redis relays it back.
-func (h *Handler) publish(ctx context.Context, room, user, text, ref string) error {
+// newMessage stamps a message with its ID, time and origin and encodes it,
+// once: every instance relays these bytes unchanged. Local members see the
+// message only when Redis relays it back.
+func (h *Handler) newMessage(room, user, text, ref string) []byte {
 	m := message{
 		Room:     room,
 		ID:       h.id + "-" + strconv.FormatUint(h.seq.Add(1), 36),
@@ -340,8 +344,7 @@ func (h *Handler) publish(ctx context.Context, room, user, text, ref string) err
 		Instance: h.id,
 		Ref:      ref,
 	}
-	frame := appendMessageFrame(make([]byte, 0, 128+len(text)+len(user)), &m)
-	return h.bus.publish(ctx, room, frame)
+	return appendMessageFrame(make([]byte, 0, 128+len(text)+len(user)+len(ref)), &m)
 }
 
 // RoomActive reports whether room showed a sign of life (a member on some
@@ -393,6 +396,7 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 	h.stopLoop()
 	h.bus.close()
 	h.loops.Wait()
+	close(h.bus.pubStopped)
 	h.log.Info("shut down")
 	return err
 }

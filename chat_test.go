@@ -398,3 +398,19 @@ func TestNewRefusesBadClients(t *testing.T) {
 		}()
 	}
 }
+
+// A Redis that lost its script cache (SCRIPT FLUSH, restart, failover)
+// still takes messages: the script is sent again with its source.
+func TestPublishAfterScriptFlush(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, be *backend) {
+		in := newInstance(t, be)
+		c := in.connect(t, "room=flush&user=f")
+		must(t, c.sendJSON(msgFrame("flush", "before", "")))
+		c.next(t, "message", wait)
+		must(t, be.client(t).ScriptFlush(context.Background()).Err())
+		must(t, c.sendJSON(msgFrame("flush", "after", "r2")))
+		if m := c.next(t, "message", wait); m["ref"] != "r2" {
+			t.Fatalf("after SCRIPT FLUSH: %v", m)
+		}
+	})
+}

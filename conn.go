@@ -30,6 +30,7 @@ type client struct {
 
 	limiter    rateLimiter // reader only
 	pingBucket uint8       // which tick of the keepalive loop pings this client
+	publisher  int         // which publisher sends this client's messages, in order
 
 	mu          sync.Mutex
 	queue       [][]byte // frames waiting for the writer
@@ -52,6 +53,7 @@ func newClient(h *Handler, ws *websocket.Conn, wire *wireConn, user string, canc
 		rooms:      make(map[string]bool),
 		limiter:    newRateLimiter(h.cfg.ratePerSec, h.cfg.rateBurst),
 		pingBucket: uint8(rand.IntN(pingBuckets)),
+		publisher:  rand.IntN(publishers),
 		writerDone: make(chan struct{}),
 	}
 	c.writeLoopFn = c.writeLoop
@@ -140,10 +142,7 @@ func (c *client) handle(ctx context.Context, data []byte) {
 			c.sendError(codeNotJoined, "join "+f.Room+" before sending to it", f.Ref)
 			return
 		}
-		if err := c.h.publish(ctx, f.Room, c.user, f.Text, f.Ref); err != nil {
-			c.h.log.Warn("publish failed", "room", f.Room, "user", c.user, "err", err)
-			c.sendError(codeUnavailable, "message not sent: Redis is unavailable", f.Ref)
-		}
+		c.h.bus.publishFrom(ctx, c, f.Room, c.h.newMessage(f.Room, c.user, f.Text, f.Ref), f.Ref)
 	}
 }
 

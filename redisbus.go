@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
@@ -30,12 +31,33 @@ func (k keyspace) roomOf(channel string) (string, bool) {
 }
 
 // publishScript refreshes the room's activity key and publishes the message
-// in one round trip, atomically. Keyed on the room key, it runs on the node
-// owning the room's slot in a Cluster, so each room has one ordering point.
-var publishScript = redis.NewScript(`
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-return redis.call('PUBLISH', ARGV[2], ARGV[3])
-`)
+// atomically. Keyed on the room key, it runs on the node owning the room's
+// slot in a Cluster, so each room has one ordering point.
+const publishScript = `redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return redis.call('PUBLISH', ARGV[2], ARGV[3])`
+
+// Publishing is pipelined and batched. Each publisher goroutine owns a
+// queue and sends everything waiting in it as one pipeline, so under load a
+// Redis round trip, and its syscalls, carries many messages. All of a
+// client's messages go through the same publisher, whose queue and single
+// pipeline in flight keep them in order. The client does not wait for Redis
+// before its next frame, so a burst of messages stays a burst all the way to
+// the members' sockets, where each writer sends it in one write.
+const (
+	publishers      = 4   // pipelines in flight at once
+	maxPublishBatch = 256 // messages per pipeline, and the length of each queue
+)
+
+// publishRequest is one message waiting for its pipeline. A client's message
+// reports a failure to its sender as an error frame (from, ref);
+// Handler.Publish waits for the outcome on done.
+type publishRequest struct {
+	room  string
+	frame []byte
+	from  *client
+	ref   string
+	done  chan error // buffered: the publisher never waits
+}
 
 // redisBus owns the instance's two Redis roles. Publishing goes through the
 // pub client's pool. Subscribing uses one PubSub connection on sub, read by
@@ -59,6 +81,9 @@ type redisBus struct {
 	dirty map[string]struct{}  // rooms whose wanted state may differ from Redis's
 	kick  chan struct{}        // wakes subscribeLoop; buffered, 1
 
+	pubQueues  [publishers]chan *publishRequest
+	pubStopped chan struct{} // closed when the publishers have returned
+
 	psMu     sync.Mutex    // serialises commands on ps and its replacement
 	ps       *redis.PubSub // nil until the first subscription
 	psReady  chan struct{} // closed when ps is first set
@@ -78,27 +103,123 @@ type subState struct {
 }
 
 func newRedisBus(pub, sub redis.UniversalClient, keys keyspace, h *hub, a *roomActivity, cfg *config, log *slog.Logger) *redisBus {
-	return &redisBus{
+	b := &redisBus{
 		pub: pub, sub: sub, keys: keys, hub: h, activity: a, cfg: cfg, log: log,
 		subs:    make(map[string]*subState),
 		dirty:   make(map[string]struct{}),
 		kick:    make(chan struct{}, 1),
 		psReady: make(chan struct{}),
+
+		pubStopped: make(chan struct{}),
+	}
+	for i := range b.pubQueues {
+		b.pubQueues[i] = make(chan *publishRequest, maxPublishBatch)
+	}
+	return b
+}
+
+// publishFrom queues a client's message on the client's publisher. It blocks
+// only while that queue is full, which slows the sender down, or until ctx
+// (the connection's) ends. A failure comes back to the client as an
+// "unavailable" error frame with the message's ref.
+func (b *redisBus) publishFrom(ctx context.Context, c *client, room string, frame []byte, ref string) {
+	req := &publishRequest{room: room, frame: frame, from: c, ref: ref}
+	select {
+	case b.pubQueues[c.publisher] <- req:
+	case <-ctx.Done():
 	}
 }
 
-// publish sends one encoded message frame to room's channel and refreshes
-// the room's activity key. Any failure is ErrUnavailable: the sender must
-// be told, never left guessing.
+// publish sends one message and returns once Redis has answered. Any
+// failure is ErrUnavailable.
 func (b *redisBus) publish(ctx context.Context, room string, frame []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.publishTimeout)
 	defer cancel()
-	ttl := int64(b.cfg.roomTTL / time.Second)
-	err := publishScript.Run(ctx, b.pub, []string{b.keys.roomKey(room)}, ttl, b.keys.channel(room), frame).Err()
+	req := &publishRequest{room: room, frame: frame, done: make(chan error, 1)}
+	var err error
+	select {
+	case b.pubQueues[rand.IntN(publishers)] <- req:
+		select {
+		case err = <-req.done:
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-b.pubStopped:
+			err = ErrClosed
+		}
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-b.pubStopped:
+		err = ErrClosed
+	}
 	if err != nil {
 		return fmt.Errorf("%w: publish to %s: %v", ErrUnavailable, room, err)
 	}
 	return nil
+}
+
+// publishLoop is one publisher: it sends whatever is in its queue, up to
+// maxPublishBatch messages, as one pipeline, and reports the outcomes.
+func (b *redisBus) publishLoop(ctx context.Context, queue <-chan *publishRequest) {
+	batch := make([]*publishRequest, 0, maxPublishBatch)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case req := <-queue:
+			batch = append(batch, req)
+		}
+	more:
+		for len(batch) < maxPublishBatch {
+			select {
+			case req := <-queue:
+				batch = append(batch, req)
+			default:
+				break more
+			}
+		}
+		// A batch taken is finished, even during Shutdown.
+		errs := b.publishBatch(context.WithoutCancel(ctx), batch)
+		failed := 0
+		for i, req := range batch {
+			switch {
+			case req.done != nil:
+				req.done <- errs[i]
+			case errs[i] != nil:
+				failed++
+				req.from.sendError(codeUnavailable, "message not sent: Redis is unavailable", req.ref)
+			}
+		}
+		if failed > 0 {
+			b.log.Warn("publish failed; senders told", "messages", failed, "err", errs[0])
+		}
+		clear(batch)
+		batch = batch[:0]
+	}
+}
+
+// publishBatch runs the publish script for every message of batch in one
+// pipeline and returns each message's error.
+func (b *redisBus) publishBatch(ctx context.Context, batch []*publishRequest) []error {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.publishTimeout)
+	defer cancel()
+	ttl := int64(b.cfg.roomTTL / time.Second)
+	// EVAL with the source, not EVALSHA: a Redis that lost its script cache
+	// (restart, failover, SCRIPT FLUSH) would answer NOSCRIPT to some
+	// messages of a batch and not to later ones once another connection
+	// loaded the script, and sending the failed ones again would reorder a
+	// sender's messages. Redis finds the cached script by hashing these few
+	// bytes.
+	cmds, _ := b.pub.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, r := range batch {
+			p.Eval(ctx, publishScript, []string{b.keys.roomKey(r.room)}, ttl, b.keys.channel(r.room), r.frame)
+		}
+		return nil
+	})
+	errs := make([]error, len(batch))
+	for i, cmd := range cmds {
+		errs[i] = cmd.Err()
+	}
+	return errs
 }
 
 // acquire records that room has a local member or joiner. It reports
