@@ -187,6 +187,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// buffers) instead of holding it for the connection's life.
 			wire.detach()
 			served = true
+			// x/net keeps the request, ours, for the connection's life;
+			// the handshake was its only use.
+			ws.Request().Header, ws.Request().URL = nil, nil
 			ws.MaxPayloadBytes = h.cfg.frameLimit()
 			ctx, cancel := context.WithCancel(context.Background())
 			c := newClient(h, ws, wire, user, cancel)

@@ -50,9 +50,9 @@ func newWireConn(c net.Conn, buffered *bufio.Reader, cfg *config) *wireConn {
 		w.ahead, _ = buffered.Peek(n)
 		w.ahead = append([]byte(nil), w.ahead...)
 	}
-	// A small buffer: frame headers are read through it, larger payloads
-	// bypass it. net/http's 4 KiB reader is released with the request.
-	w.reader = bufio.NewReaderSize(w, 512)
+	// A small buffer: frame headers (14 bytes at most) are read through it,
+	// larger payloads bypass it. net/http's 4 KiB reader is released with the request.
+	w.reader = bufio.NewReaderSize(w, 256)
 	return w
 }
 
