@@ -61,39 +61,61 @@ func TestRedisKilledAndRestarted(t *testing.T) {
 	noGoroutinesLeft(t)
 }
 
-// The subscription connection goes silent without closing (a proxy stops
-// forwarding). go-redis notices nothing; the watchdog must, reconnect and
-// resubscribe within 3 s, and tell the members they may have missed
-// messages.
-func TestRedisSubscriptionFrozen(t *testing.T) {
+// Every connection of an instance to Redis goes silent without closing (a
+// proxy stops forwarding; new connections still work). go-redis notices
+// nothing; the watchdog must, and resubscribe within 3 s, telling members
+// they may have missed messages; a send stuck on a silent connection is
+// answered "unavailable"; then everything works again.
+func TestRedisConnectionsFrozen(t *testing.T) {
 	be := realRedis(t)
 	proxy := startTCPProxy(t, be.addr)
-	sub := redis.NewClient(&redis.Options{Addr: proxy.Addr})
-	t.Cleanup(func() { _ = sub.Close() })
-	a := newInstanceWith(t, be.client(t), sub)
+	viaProxy := func() *redis.Client {
+		c := redis.NewClient(&redis.Options{Addr: proxy.Addr})
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	a := newInstanceWith(t, viaProxy(), viaProxy())
 	b := newInstance(t, be)
 	ca := a.connect(t, "room=ice&user=ann")
 	cb := b.connect(t, "room=ice&user=ben")
+	must(t, ca.sendJSON(msgFrame("ice", "warm", ""))) // the publish connection exists
+	for _, c := range []*testWS{ca, cb} {
+		c.next(t, "message", wait)
+	}
 
 	proxy.FreezeExisting()
 	frozen := time.Now()
-	// Published while frozen: lost for a (at most once), delivered to b.
+	must(t, ca.sendJSON(msgFrame("ice", "into the ice", "stuck")))
+	// Published by b while a's subscription is silent: lost for a (at
+	// most once), delivered to b's members.
 	must(t, cb.sendJSON(msgFrame("ice", "while frozen", "")))
 	cb.next(t, "message", wait)
 
-	f := ca.next(t, "joined", 10*time.Second)
-	took := time.Since(frozen)
-	if f["room"] != "ice" || f["resumed"] != true {
-		t.Fatalf("got %v, want joined ice resumed", f)
+	// a's client hears both, in either order: the watchdog's resume, and
+	// the failure of its stuck send.
+	var resumedAfter time.Duration
+	for got := map[string]bool{}; len(got) < 2; {
+		f, err := ca.readJSON(10 * time.Second)
+		must(t, err)
+		switch {
+		case f["type"] == "joined" && f["room"] == "ice" && f["resumed"] == true:
+			resumedAfter = time.Since(frozen)
+			got["joined"] = true
+		case f["type"] == "error" && f["code"] == codeUnavailable && f["ref"] == "stuck":
+			got["error"] = true
+		default:
+			t.Fatalf("while frozen, a's client got %v", f)
+		}
 	}
-	if took > 3*time.Second {
-		t.Errorf("watchdog resubscribed after %v, want within 3 s", took)
+	if resumedAfter > 3*time.Second {
+		t.Errorf("watchdog resubscribed after %v, want within 3 s", resumedAfter)
 	}
-	t.Logf("frozen subscription replaced and resubscribed in %v", took.Round(time.Millisecond))
-	must(t, cb.sendJSON(msgFrame("ice", "thawed", "")))
+	t.Logf("silent subscription replaced and resubscribed in %v", resumedAfter.Round(time.Millisecond))
+
+	must(t, ca.sendJSON(msgFrame("ice", "thawed", "")))
 	for _, c := range []*testWS{ca, cb} {
 		if m := c.next(t, "message", wait); m["text"] != "thawed" {
-			t.Fatalf("after the watchdog: %v", m)
+			t.Fatalf("after the freeze: %v", m)
 		}
 	}
 	ca.close()
