@@ -2,8 +2,10 @@ package chat
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -105,7 +107,6 @@ func (c *client) serve(ctx context.Context, rooms []string) {
 		}
 		if err == websocket.ErrFrameTooLarge {
 			c.closeWith(closeTooBig, "frame larger than "+strconv.Itoa(c.h.cfg.frameLimit())+" bytes", false)
-			log.Info("client closed: frame too large", "user", c.user)
 			continue // drain until the peer answers the close
 		}
 		if err != nil {
@@ -158,7 +159,6 @@ func (c *client) send(frame []byte) {
 		return
 	}
 	if len(c.queue) >= c.h.cfg.sendQueue {
-		c.h.log.Warn("client too slow: closing", "user", c.user, "queued", len(c.queue))
 		c.closeLocked(closeTryLater, "too slow: send queue full", true)
 		return
 	}
@@ -247,6 +247,9 @@ func (c *client) writeLoop() {
 		}
 		c.mu.Unlock()
 
+		if closeMsg != nil {
+			c.logClose(closeMsg) // here, outside every lock, not where the close was decided
+		}
 		b := appendBatch((*bp)[:0], ping, batch, closeMsg)
 		*bp = b
 		_, err := c.wire.Write(b)
@@ -264,6 +267,20 @@ func (c *client) writeLoop() {
 		}
 		c.mu.Unlock()
 	}
+}
+
+// logClose records why the server closes a connection: a slow client is a
+// warning, an oversized frame worth noting, the rest routine.
+func (c *client) logClose(payload []byte) {
+	code := binary.BigEndian.Uint16(payload)
+	level := slog.LevelDebug
+	switch code {
+	case closeTryLater:
+		level = slog.LevelWarn
+	case closeTooBig:
+		level = slog.LevelInfo
+	}
+	c.h.log.Log(context.Background(), level, "closing client", "user", c.user, "code", code, "reason", string(payload[2:]))
 }
 
 // appendBatch encodes what the writer sends in one write: a ping if due,
