@@ -107,7 +107,7 @@ func FuzzDecodeFrame(f *testing.F) {
 		if err := json.Unmarshal(ef, &back); err != nil {
 			t.Fatalf("error frame %q: %v", ef, err)
 		}
-		if back.Type != typeError || back.Code != code || back.Message != string([]rune(msg)) {
+		if back.Type != "error" || back.Code != code || back.Message != string([]rune(msg)) {
 			t.Fatalf("error frame %q decodes to %+v", ef, back)
 		}
 		switch {

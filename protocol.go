@@ -19,14 +19,11 @@ const (
 	codeUnavailable  = "unavailable"
 )
 
-// Frame types.
+// Client frame types. The server's frames are written by their encoders below.
 const (
 	typeJoin    = "join"
 	typeLeave   = "leave"
 	typeMessage = "message"
-	typeJoined  = "joined"
-	typeLeft    = "left"
-	typeError   = "error"
 )
 
 const (
