@@ -274,10 +274,12 @@ func (b *redisBus) subscribeLoop(ctx context.Context) {
 	}
 }
 
+// sync sends what the rooms marked dirty need. psMu is held only for the commands: never across the room keys' round
+// trip on the pub client, which could otherwise hold up the watchdog's
+// replacement of a silent connection. A replacement that slips in between
+// resubscribes the rooms itself; the extra SUBSCRIBE or UNSUBSCRIBE then
+// only earns a redundant confirmation.
 func (b *redisBus) sync(ctx context.Context) {
-	b.psMu.Lock()
-	defer b.psMu.Unlock()
-
 	var subRooms, unsubRooms []string
 	b.mu.Lock()
 	for room := range b.dirty {
@@ -300,9 +302,15 @@ func (b *redisBus) sync(ctx context.Context) {
 
 	if len(subRooms) > 0 {
 		// The key first, so that a room is active once a joiner hears "joined".
-		if err := b.activity.touch(ctx, subRooms...); err != nil {
+		tctx, cancel := context.WithTimeout(ctx, b.cfg.publishTimeout)
+		if err := b.activity.touch(tctx, subRooms...); err != nil {
 			b.log.Warn("cannot set room activity keys", "rooms", len(subRooms), "err", err)
 		}
+		cancel()
+	}
+	b.psMu.Lock()
+	defer b.psMu.Unlock()
+	if len(subRooms) > 0 {
 		b.log.Debug("subscribing", "rooms", subRooms)
 		if err := b.command(ctx, "subscribe", subRooms); err != nil {
 			b.log.Warn("subscribe failed", "rooms", subRooms, "err", err)
@@ -323,7 +331,8 @@ func (b *redisBus) sync(ctx context.Context) {
 	}
 }
 
-// command sends SUBSCRIBE or UNSUBSCRIBE for rooms. Called with psMu held.
+// command sends SUBSCRIBE or UNSUBSCRIBE for rooms. Called with psMu held;
+// it writes to the subscription connection and waits for nothing.
 func (b *redisBus) command(ctx context.Context, kind string, rooms []string) error {
 	channels := make([]string, len(rooms))
 	for i, room := range rooms {
