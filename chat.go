@@ -37,6 +37,7 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -209,15 +210,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // handshakeRequest is the part of r that x/net's handshake reads. x/net
-// keeps the request for the connection's life, so it gets no more.
+// keeps the request for the connection's life, so it gets no more, and the
+// headers are dropped once the handshake is done (see ServeHTTP).
 func handshakeRequest(r *http.Request) *http.Request {
-	hdr := make(http.Header, 5)
-	for _, k := range []string{"Upgrade", "Connection", "Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Protocol"} {
-		if v, ok := r.Header[k]; ok {
-			hdr[k] = v
-		}
-	}
-	return &http.Request{Method: r.Method, Host: r.Host, URL: r.URL, Header: hdr}
+	return &http.Request{Method: r.Method, Host: r.Host, URL: r.URL, Header: r.Header}
 }
 
 // hijacked hands x/net/websocket the connection ServeHTTP already took over
@@ -260,11 +256,7 @@ func (h *Handler) roomsOf(r *http.Request) ([]string, error) {
 		if !validRoom(room) {
 			return nil, fmt.Errorf("%w: %q", ErrInvalidRoom, room)
 		}
-		dup := false
-		for _, seen := range rooms {
-			dup = dup || seen == room
-		}
-		if !dup {
+		if !slices.Contains(rooms, room) {
 			rooms = append(rooms, room)
 		}
 	}

@@ -3,7 +3,6 @@ package chat
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -174,8 +173,6 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
 }
-
-var _ io.Writer = testWriter{}
 
 func msgFrame(room, text, ref string) map[string]any {
 	f := map[string]any{"type": "message", "room": room, "text": text}

@@ -73,7 +73,8 @@ func WithInstanceID(id string) Option {
 }
 
 // WithRoomTTL sets how long a room's activity key outlives its last sign of
-// life (a member on some instance, or a message). Default 5 minutes.
+// life (a member on some instance, or a message). Default 5 minutes; less
+// than a second keeps the default.
 func WithRoomTTL(d time.Duration) Option {
 	return func(c *config) {
 		if d >= time.Second {
@@ -111,6 +112,7 @@ func WithAllowedOrigins(origins ...string) Option {
 
 // WithMaxMessageBytes sets the longest accepted message text in bytes
 // (default 4096). Longer texts get a "too_large" error; the connection stays.
+// n <= 0 keeps the default.
 func WithMaxMessageBytes(n int) Option {
 	return func(c *config) {
 		if n > 0 {
@@ -121,7 +123,7 @@ func WithMaxMessageBytes(n int) Option {
 
 // WithSendQueue sets how many frames may wait for one slow client (default
 // 256). A client whose queue is full is closed with 1013 so that it never
-// slows anyone else.
+// slows anyone else. n <= 0 keeps the default.
 func WithSendQueue(n int) Option {
 	return func(c *config) {
 		if n > 0 {
@@ -141,6 +143,7 @@ func WithRateLimit(perSecond float64, burst int) Option {
 }
 
 // WithMaxRooms sets how many rooms one connection may be in (default 32).
+// n <= 0 keeps the default.
 func WithMaxRooms(n int) Option {
 	return func(c *config) {
 		if n > 0 {
