@@ -69,6 +69,7 @@ type Handler struct {
 	bus      *redisBus
 	activity *roomActivity
 	seq      atomic.Uint64 // message IDs are id-seq
+	stats    counters
 
 	mu      sync.Mutex
 	clients map[*client]struct{}

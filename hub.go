@@ -226,6 +226,13 @@ func (h *hub) subscriptionsLost() {
 	}
 }
 
+// roomCount is how many rooms have local members or joiners.
+func (h *hub) roomCount() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.rooms)
+}
+
 // roomNames lists the rooms with local members or joiners.
 func (h *hub) roomNames() []string {
 	h.mu.RLock()
