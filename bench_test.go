@@ -104,9 +104,9 @@ var benchMembers = []int{1, 10, 100, 1000}
 // BenchmarkFanout is hub.deliver of one shared frame to N local members
 // whose writers drain into a sink, in bursts of 64 messages: a busy room,
 // where writers find several frames queued and batch them. Each burst is
-// drained before the next, so no queue ever holds more than 64 frames (the
-// default sendQueue is 256) and the timer stops only when every writer has
-// written everything.
+// drained before the next, so no queue ever holds more than 64 frames (far
+// below the default send-queue budget) and the timer stops only when every
+// writer has written everything.
 func BenchmarkFanout(b *testing.B) {
 	for _, n := range benchMembers {
 		b.Run("members="+strconv.Itoa(n), func(b *testing.B) { benchFanout(b, n, 64) })
@@ -124,20 +124,22 @@ func BenchmarkFanoutIdle(b *testing.B) {
 
 func benchFanout(b *testing.B, members, burst int) {
 	h := benchHandler()
-	if burst >= h.cfg.sendQueue {
-		b.Fatalf("burst %d would overflow the send queue (%d)", burst, h.cfg.sendQueue)
+	m := benchMessage()
+	frame := appendMessageFrame(nil, &m)
+	if burst*len(frame) >= h.cfg.sendQueue {
+		b.Fatalf("a burst of %d would overflow the send queue (%d bytes)", burst, h.cfg.sendQueue)
 	}
 	const room = "lobby"
 	sinks := make([]*benchSink, members)
 	for i := range sinks {
 		sinks[i] = &benchSink{}
 		c := benchClient(h, sinks[i], "user"+strconv.Itoa(i))
-		h.hub.join(c, room, "")
+		if h.hub.join(c, room, "") {
+			h.hub.subscribed(room, false) // as if Redis confirmed at once
+		}
 	}
 	h.conns.Wait() // every "joined" written
 
-	m := benchMessage()
-	frame := appendMessageFrame(nil, &m)
 	wsFrameLen := int64(len(appendFrame(nil, opText, frame)))
 	var before []int64
 	for _, s := range sinks {
@@ -172,7 +174,7 @@ func benchFanout(b *testing.B, members, burst int) {
 }
 
 // benchHandler is the part of a Handler that clients and the hub use,
-// without Redis: its bus confirms every subscription at once.
+// without Redis.
 func benchHandler() *Handler {
 	h := &Handler{
 		cfg:     defaultConfig(),
@@ -181,14 +183,8 @@ func benchHandler() *Handler {
 		clients: make(map[*client]struct{}),
 	}
 	h.hub = newHub(h.cfg.maxRooms)
-	h.hub.bus = benchBus{}
 	return h
 }
-
-type benchBus struct{}
-
-func (benchBus) acquire(string) bool { return true }
-func (benchBus) release(string)      {}
 
 // benchClient is a real *client whose connection is sink. It has no reader
 // (no x/net websocket.Conn): the benchmarks drive send and the writer only.
@@ -293,7 +289,7 @@ func benchPublishPath(b *testing.B, addr string) {
 	sub := redis.NewClient(&redis.Options{Addr: addr})
 	b.Cleanup(func() { _ = pub.Close(); _ = sub.Close() })
 	// A deep queue: Redis may relay a burst faster than one writer turn.
-	h := New(pub, sub, WithLogger(slog.New(slog.DiscardHandler)), WithInstanceID("bench"), WithSendQueue(1<<16))
+	h := New(pub, sub, WithLogger(slog.New(slog.DiscardHandler)), WithInstanceID("bench"), WithSendQueue(64<<20))
 	b.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -304,7 +300,7 @@ func benchPublishPath(b *testing.B, addr string) {
 	const room = "bench"
 	sink := &benchSink{frames: true}
 	c := benchClient(h, sink, "member")
-	h.hub.join(c, room, "") // subscribes; "joined" once Redis confirms
+	h.join(c, room, "") // subscribes; "joined" once Redis confirms
 	benchAwait(b, sink, 1, c)
 
 	run := func(b *testing.B, publish func(ctx context.Context) error, parallel bool) {

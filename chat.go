@@ -26,26 +26,15 @@
 package chat
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/url"
 	"reflect"
-	"slices"
-	"strconv"
-	"strings"
 	"sync"
-	"sync/atomic"
-	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/net/websocket"
 )
 
 // Errors returned by Publish and RoomActive. Callers branch on them with errors.Is.
@@ -61,23 +50,35 @@ var (
 // A Handler is one chat instance: an http.Handler serving the WebSocket
 // endpoint, relaying messages through Redis. Create it with New and stop it
 // with Shutdown.
+//
+// A Handler is the go-between of its components (see the README's
+// Architecture section): clients (client.go) read and write the
+// connections, the hub (hub.go) knows who is in which room, the publisher
+// (publish.go) and the subscriber (subscribe.go) talk to Redis, and
+// roomActivity (ttl.go) keeps the room keys alive. None of them calls
+// another; the subscriber and the publisher report up through
+// subscriptionEvents and publishOutcome.
 type Handler struct {
 	cfg      config
 	id       string
 	log      *slog.Logger
 	hub      *hub
-	bus      *redisBus
+	pub      *publisher
+	sub      *subscriber
 	activity *roomActivity
-	seq      atomic.Uint64 // message IDs are id-seq
 	stats    counters
+
+	// roomsMu makes each change of the hub's rooms and the matching update
+	// of the subscriber one step (rooms.go).
+	roomsMu sync.Mutex
 
 	mu      sync.Mutex
 	clients map[*client]struct{}
 	closed  bool
 
-	conns    sync.WaitGroup // connection goroutines: readers and writers
-	loops    sync.WaitGroup // the background loops New starts
-	stopLoop context.CancelFunc
+	conns     sync.WaitGroup // connection goroutines: readers and writers
+	loops     sync.WaitGroup // the Handler's own loops: keepalive, join expiry, room keys
+	stopLoops context.CancelFunc
 }
 
 // New returns a Handler that publishes and writes keys through pub and
@@ -112,19 +113,16 @@ func New(pub, sub redis.UniversalClient, opts ...Option) *Handler {
 	keys := keyspace(cfg.keyPrefix)
 	h.activity = &roomActivity{redis: pub, keys: keys, ttl: cfg.roomTTL}
 	h.hub = newHub(cfg.maxRooms)
-	h.bus = newRedisBus(pub, sub, keys, h.hub, h.activity, &h.cfg, h.log)
-	h.hub.bus = h.bus
+	h.pub = newPublisher(pub, keys, h.id, &h.cfg, h.log, &h.stats)
+	h.sub = newSubscriber(sub, keys, h.activity, h, &h.cfg, h.log, &h.stats)
 
+	h.pub.start()
+	h.sub.start()
 	ctx, cancel := context.WithCancel(context.Background())
-	h.stopLoop = cancel
-	h.loops.Add(4 + publishers)
-	for _, q := range h.bus.pubQueues {
-		go func() { defer h.loops.Done(); h.bus.publishLoop(ctx, q) }()
-	}
-	go func() { defer h.loops.Done(); h.bus.receiveLoop(ctx) }()
-	go func() { defer h.loops.Done(); h.bus.subscribeLoop(ctx) }()
-	go func() { defer h.loops.Done(); h.activity.refreshLoop(ctx, h.hub.roomNames, h.log) }()
-	go func() { defer h.loops.Done(); h.pingLoop(ctx) }()
+	h.stopLoops = cancel
+	h.loops.Go(func() { h.pingLoop(ctx) })
+	h.loops.Go(func() { h.expireJoins(ctx) })
+	h.loops.Go(func() { h.activity.refreshLoop(ctx, h.hub.roomNames, h.log) })
 	h.log.Info("chat instance started", "key_prefix", cfg.keyPrefix, "room_ttl", cfg.roomTTL)
 	return h
 }
@@ -132,177 +130,6 @@ func New(pub, sub redis.UniversalClient, opts ...Option) *Handler {
 // InstanceID returns the ID that tags this instance's log lines and the
 // "instance" field of the messages it originates.
 func (h *Handler) InstanceID() string { return h.id }
-
-// ServeHTTP checks the request (method, Origin, authentication, query) with
-// plain HTTP errors, then upgrades it to a WebSocket and serves the client
-// until it leaves or the Handler shuts down.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		http.Error(w, "chat: WebSocket endpoint, use GET", http.StatusMethodNotAllowed)
-		return
-	}
-	if !h.originAllowed(r) {
-		http.Error(w, "chat: cross-origin WebSocket refused", http.StatusForbidden)
-		return
-	}
-	user, status, err := h.userOf(r)
-	if err != nil {
-		http.Error(w, "chat: "+err.Error(), status)
-		return
-	}
-	rooms, err := h.roomsOf(r)
-	if err != nil {
-		http.Error(w, "chat: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
-		http.Error(w, "chat: expected a WebSocket upgrade", http.StatusBadRequest)
-		return
-	}
-	if !h.acquireConn() {
-		http.Error(w, "chat: server shutting down", http.StatusServiceUnavailable)
-		return
-	}
-	served := false // the connection was handed to its own goroutine
-	defer func() {
-		if !served {
-			h.conns.Done()
-		}
-	}()
-
-	netConn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		// Middleware wrappers without Unwrap and HTTP/2 cannot hijack.
-		h.log.Error("cannot take over the connection for a WebSocket", "remote", r.RemoteAddr, "err", err)
-		http.Error(w, "chat: this server cannot upgrade the connection", http.StatusInternalServerError)
-		return
-	}
-	wire := newWireConn(netConn, brw.Reader, &h.cfg)
-	srv := websocket.Server{
-		// The checks above replace x/net's, which refuses clients that
-		// send no Origin and accepts any cross origin.
-		Handshake: func(*websocket.Config, *http.Request) error { return nil },
-		Handler: func(ws *websocket.Conn) {
-			// Serve on a goroutine of the Handler's own and return, so that
-			// net/http lets go of the request's state (about 10 KiB of
-			// buffers) instead of holding it for the connection's life.
-			wire.detach()
-			served = true
-			// x/net keeps the request, ours, for the connection's life;
-			// the handshake was its only use.
-			ws.Request().Header, ws.Request().URL = nil, nil
-			ws.MaxPayloadBytes = h.cfg.frameLimit()
-			ctx, cancel := context.WithCancel(context.Background())
-			c := newClient(h, ws, wire, user, cancel)
-			go func() {
-				defer h.conns.Done()
-				defer cancel()
-				if !h.register(c) {
-					c.closeWith(closeGoingAway, "server shutting down", false)
-				}
-				c.serve(ctx, rooms)
-				h.unregister(c)
-				_ = wire.Conn.Close()
-			}()
-		},
-	}
-	srv.ServeHTTP(hijacked{w, wire}, handshakeRequest(r))
-}
-
-// handshakeRequest is the part of r that x/net's handshake reads. x/net
-// keeps the request for the connection's life, so it gets no more, and the
-// headers are dropped once the handshake is done (see ServeHTTP).
-func handshakeRequest(r *http.Request) *http.Request {
-	return &http.Request{Method: r.Method, Host: r.Host, URL: r.URL, Header: r.Header}
-}
-
-// hijacked hands x/net/websocket the connection ServeHTTP already took over
-// (wrapped, see wireConn), so that x/net never hijacks, or panics, itself.
-type hijacked struct {
-	http.ResponseWriter
-	wire *wireConn
-}
-
-func (h hijacked) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return h.wire, bufio.NewReadWriter(h.wire.reader, bufio.NewWriterSize(h.wire, 256)), nil
-}
-
-// userOf returns the display name for r, or an HTTP status and error.
-func (h *Handler) userOf(r *http.Request) (string, int, error) {
-	if h.cfg.authenticate != nil {
-		user, err := h.cfg.authenticate(r)
-		if err != nil {
-			return "", http.StatusUnauthorized, fmt.Errorf("authentication failed: %w", err)
-		}
-		if user == "" {
-			user = "anon-" + randomHex(3)
-		}
-		return user, 0, nil
-	}
-	user := r.URL.Query().Get("user")
-	if user == "" {
-		return "anon-" + randomHex(3), 0, nil
-	}
-	if !validUser(user) {
-		return "", http.StatusBadRequest, ErrInvalidUser
-	}
-	return user, 0, nil
-}
-
-// roomsOf returns the distinct rooms named by ?room=, validated.
-func (h *Handler) roomsOf(r *http.Request) ([]string, error) {
-	var rooms []string
-	for _, room := range r.URL.Query()["room"] {
-		if !validRoom(room) {
-			return nil, fmt.Errorf("%w: %q", ErrInvalidRoom, room)
-		}
-		if !slices.Contains(rooms, room) {
-			rooms = append(rooms, room)
-		}
-	}
-	if len(rooms) > h.cfg.maxRooms {
-		return nil, fmt.Errorf("too many rooms: at most %d per connection", h.cfg.maxRooms)
-	}
-	return rooms, nil
-}
-
-// originAllowed: no Origin (not a browser), the page's own host, or an
-// allowed origin. Everything else, "null" included, is refused.
-func (h *Handler) originAllowed(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	if h.cfg.origins["*"] || h.cfg.origins[strings.ToLower(origin)] {
-		return true
-	}
-	u, err := url.Parse(origin)
-	return err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host)
-}
-
-func (h *Handler) acquireConn() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed {
-		return false
-	}
-	h.conns.Add(1)
-	return true
-}
-
-func (h *Handler) register(c *client) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.clients[c] = struct{}{}
-	return !h.closed
-}
-
-func (h *Handler) unregister(c *client) {
-	h.mu.Lock()
-	delete(h.clients, c)
-	h.mu.Unlock()
-}
 
 // Publish sends text to room as user, through Redis like a client's
 // message: every member of the room on every instance receives it. user is
@@ -324,23 +151,7 @@ func (h *Handler) Publish(ctx context.Context, room, user, text string) error {
 	if closed {
 		return ErrClosed
 	}
-	return h.bus.publish(ctx, room, h.newMessage(room, user, text, ""))
-}
-
-// newMessage stamps a message with its ID, time and origin and encodes it,
-// once: every instance relays these bytes unchanged. Local members see the
-// message only when Redis relays it back.
-func (h *Handler) newMessage(room, user, text, ref string) []byte {
-	m := message{
-		Room:     room,
-		ID:       h.id + "-" + strconv.FormatUint(h.seq.Add(1), 36),
-		User:     user,
-		Text:     text,
-		TS:       time.Now().UnixMilli(),
-		Instance: h.id,
-		Ref:      ref,
-	}
-	return appendMessageFrame(make([]byte, 0, 128+len(text)+len(user)+len(ref)), &m)
+	return h.pub.publish(ctx, room, user, text)
 }
 
 // RoomActive reports whether room showed a sign of life (a member on some
@@ -389,10 +200,10 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 		h.mu.Unlock()
 		<-done // aborted connections end at once: reads and writes fail
 	}
-	h.stopLoop()
-	h.bus.close()
+	h.stopLoops()
 	h.loops.Wait()
-	close(h.bus.pubStopped)
+	h.sub.close()
+	h.pub.close()
 	h.log.Info("shut down")
 	return err
 }

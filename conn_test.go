@@ -47,23 +47,32 @@ func TestOriginCheck(t *testing.T) {
 	}
 }
 
-// Requests that cannot become a chat connection get plain HTTP errors.
-func TestHTTPErrorsBeforeUpgrade(t *testing.T) {
+// A bad query is accepted as a WebSocket and then closed with 1008 and a
+// reason naming the problem: a browser cannot read a refused handshake.
+// Requests that cannot be a WebSocket at all get plain HTTP errors.
+func TestBadQueryClosesWith1008(t *testing.T) {
 	in := newInstance(t, miniBackend(t), WithMaxRooms(2))
-	for query, want := range map[string]int{
-		"room=bad%20room":      400,
-		"user=%07bell":         400,
-		"room=a&room=b&room=c": 400,
-		"room=a&room=a&room=b": 101, // duplicates count once
+	for query, reason := range map[string]string{
+		"room=bad%20room":      "invalid room name",
+		"user=%07bell":         "invalid user name",
+		"room=a&room=b&room=c": "too many rooms",
 	} {
-		c, status, _ := dialWS(t, in.url+"?"+query, nil)
-		if status != want {
-			t.Errorf("?%s: status %d, want %d", query, status, want)
+		c, status, err := dialWS(t, in.url+"?"+query, nil)
+		if status != 101 {
+			t.Errorf("?%s: status %d (%v), want 101 then close 1008", query, status, err)
+			continue
 		}
-		if c != nil {
-			c.close()
+		if code := c.expectClose(t, wait); code != 1008 || !strings.Contains(c.closeReason, reason) {
+			t.Errorf("?%s: close %d %q, want 1008 naming %q", query, code, c.closeReason, reason)
 		}
+		c.close()
 	}
+	if in.h.Stats().Rooms != 0 {
+		t.Errorf("a refused connection joined rooms: %+v", in.h.Stats())
+	}
+	// Duplicates count once: two distinct rooms are within the limit.
+	in.connect(t, "room=a&room=a&room=b").close()
+
 	resp, err := http.Get(in.srv.URL + "/chat")
 	must(t, err)
 	resp.Body.Close()

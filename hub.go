@@ -6,18 +6,13 @@ import (
 	"time"
 )
 
-// hub is the instance's local view: which of its clients are in which room.
-// It tells the bus which rooms need a Redis subscription and fans out what
-// the bus receives. It never blocks on a client: client.send only queues.
-//
-// Lock order: hub.mu, then redisBus.mu, then client.mu. The bus calls the
-// hub without holding its own lock.
+// hub is the instance's local view: which of its clients are in which room,
+// and who waits to join. It fans out relayed messages and never blocks on a
+// client: client.send only queues. It knows nothing of Redis: its methods
+// report when a room appears or empties, and the Handler keeps the
+// subscriber in line with that.
 type hub struct {
 	maxRooms int
-	bus      interface {
-		acquire(room string) (ready bool)
-		release(room string)
-	}
 
 	mu      sync.RWMutex
 	rooms   map[string]*room
@@ -46,47 +41,52 @@ func newHub(maxRooms int) *hub {
 	return &hub{maxRooms: maxRooms, rooms: make(map[string]*room)}
 }
 
-// join puts c in name, or queues it until the subscription is confirmed.
-func (h *hub) join(c *client, name, ref string) {
+// join puts c in name if the room is subscribed, or queues it until
+// subscribed says so. created: the room had no local member or joiner
+// before, so it needs a subscription.
+func (h *hub) join(c *client, name, ref string) (created bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if joined, in := c.rooms[name]; in {
 		if joined { // joining twice is harmless; say so again
 			c.send(joinedFrame(name, false))
 		}
-		return
+		return false
 	}
 	if len(c.rooms) >= h.maxRooms {
 		c.sendError(codeTooManyRooms, "at most "+strconv.Itoa(h.maxRooms)+" rooms per connection", ref)
-		return
+		return false
 	}
 	r := h.rooms[name]
 	if r == nil {
 		r = &room{waiting: make(map[*client]waiter)}
 		h.rooms[name] = r
-		r.subscribed = h.bus.acquire(name)
+		created = true
 	}
 	if r.subscribed {
 		// Sent under the lock, so before any message fanned out after it.
 		c.rooms[name] = true
 		r.members = append(r.members, c)
 		c.send(joinedFrame(name, false))
-		return
+		return created
 	}
 	c.rooms[name] = false
 	r.waiting[c] = waiter{ref: ref, since: time.Now()}
 	h.waiters++
+	return created
 }
 
-func (h *hub) leave(c *client, name, ref string) {
+// leave takes c out of name. emptied: nobody local is left in the room.
+func (h *hub) leave(c *client, name, ref string) (emptied bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, in := c.rooms[name]; !in {
 		c.sendError(codeNotJoined, "not in room "+name, ref)
-		return
+		return false
 	}
-	h.removeLocked(c, name)
+	emptied = h.removeLocked(c, name)
 	c.send(leftFrame(name))
+	return emptied
 }
 
 func (h *hub) isJoined(c *client, name string) bool {
@@ -95,20 +95,26 @@ func (h *hub) isJoined(c *client, name string) bool {
 	return c.rooms[name]
 }
 
-// removeClient takes a departing client out of all its rooms.
-func (h *hub) removeClient(c *client) {
+// removeClient takes a departing client out of all its rooms and returns
+// the rooms it leaves empty.
+func (h *hub) removeClient(c *client) (emptied []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for name := range c.rooms {
-		h.removeLocked(c, name)
+		if h.removeLocked(c, name) {
+			emptied = append(emptied, name)
+		}
 	}
+	return emptied
 }
 
-func (h *hub) removeLocked(c *client, name string) {
+// removeLocked takes c out of name and reports whether the room emptied
+// (and was forgotten).
+func (h *hub) removeLocked(c *client, name string) bool {
 	delete(c.rooms, name)
 	r := h.rooms[name]
 	if r == nil {
-		return
+		return false
 	}
 	if _, ok := r.waiting[c]; ok {
 		delete(r.waiting, c)
@@ -123,22 +129,31 @@ func (h *hub) removeLocked(c *client, name string) {
 			break
 		}
 	}
-	if len(r.members) == 0 && len(r.waiting) == 0 {
-		delete(h.rooms, name)
-		h.bus.release(name)
-	}
+	return h.forgetIfEmptyLocked(name, r)
 }
 
-// deliver hands one relayed message frame to every local member of name.
-// The same bytes go to every member: a message is never encoded per client.
-func (h *hub) deliver(name string, frame []byte) {
+func (h *hub) forgetIfEmptyLocked(name string, r *room) bool {
+	if len(r.members) == 0 && len(r.waiting) == 0 {
+		delete(h.rooms, name)
+		return true
+	}
+	return false
+}
+
+// deliver hands one relayed message frame to every local member of name and
+// returns how many there were. The same bytes go to every member: a message
+// is never encoded per client.
+func (h *hub) deliver(name string, frame []byte) int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	if r := h.rooms[name]; r != nil {
-		for _, c := range r.members {
-			c.send(frame)
-		}
+	r := h.rooms[name]
+	if r == nil {
+		return 0
 	}
+	for _, c := range r.members {
+		c.send(frame)
+	}
+	return len(r.members)
 }
 
 // subscribed: Redis confirmed the subscription to name. Waiting clients
@@ -170,37 +185,41 @@ func (h *hub) subscribed(name string, resumed bool) {
 	}
 }
 
-// subscriptionFailed: Redis refused the subscription to name. The clients
-// waiting for it are told at once.
-func (h *hub) subscriptionFailed(name string) {
+// subscriptionFailed: the subscription to name cannot be made. The clients
+// waiting for it are told at once. emptied: nobody local is left in it.
+func (h *hub) subscriptionFailed(name string) (emptied bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if r := h.rooms[name]; r != nil {
-		h.failWaitersLocked(name, r, time.Time{})
+		return h.failWaitersLocked(name, r, time.Time{})
 	}
+	return false
 }
 
-// expireWaiters fails the joins that have waited longer than timeout.
-func (h *hub) expireWaiters(now time.Time, timeout time.Duration) {
+// hasWaiters reports whether some client waits for a subscription.
+func (h *hub) hasWaiters() bool {
 	h.mu.RLock()
-	none := h.waiters == 0
-	h.mu.RUnlock()
-	if none {
-		return
-	}
+	defer h.mu.RUnlock()
+	return h.waiters > 0
+}
+
+// expireWaiters fails the joins that have waited since before cutoff and
+// returns the rooms that leaves empty.
+func (h *hub) expireWaiters(cutoff time.Time) (emptied []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for name, r := range h.rooms {
-		if len(r.waiting) > 0 {
-			h.failWaitersLocked(name, r, now.Add(-timeout))
+		if len(r.waiting) > 0 && h.failWaitersLocked(name, r, cutoff) {
+			emptied = append(emptied, name)
 		}
 	}
+	return emptied
 }
 
 // failWaitersLocked answers "unavailable" to the clients waiting for name
-// since before cutoff (all of them for a zero cutoff), and drops the room
-// if nobody is left in it.
-func (h *hub) failWaitersLocked(name string, r *room, cutoff time.Time) {
+// since before cutoff (all of them for a zero cutoff), and forgets the room
+// if nobody is left in it (emptied).
+func (h *hub) failWaitersLocked(name string, r *room, cutoff time.Time) (emptied bool) {
 	for c, w := range r.waiting {
 		if !cutoff.IsZero() && w.since.After(cutoff) {
 			continue
@@ -210,10 +229,7 @@ func (h *hub) failWaitersLocked(name string, r *room, cutoff time.Time) {
 		delete(c.rooms, name)
 		c.sendError(codeUnavailable, "cannot join "+name+": Redis did not confirm the subscription", w.ref)
 	}
-	if len(r.members) == 0 && len(r.waiting) == 0 {
-		delete(h.rooms, name)
-		h.bus.release(name)
-	}
+	return h.forgetIfEmptyLocked(name, r)
 }
 
 // subscriptionsLost: the subscription connection failed. Until Redis

@@ -19,7 +19,7 @@ type config struct {
 	authenticate func(*http.Request) (string, error)
 	origins      map[string]bool // lower-cased; "*" allows every origin
 	maxText      int
-	sendQueue    int
+	sendQueue    int     // bytes of queued frames per connection
 	ratePerSec   float64 // <= 0: unlimited
 	rateBurst    int
 	maxRooms     int
@@ -39,7 +39,7 @@ func defaultConfig() config {
 		roomTTL:          5 * time.Minute,
 		keyPrefix:        "chat:",
 		maxText:          4096,
-		sendQueue:        256,
+		sendQueue:        1 << 20,
 		ratePerSec:       20,
 		rateBurst:        40,
 		maxRooms:         32,
@@ -55,7 +55,7 @@ func defaultConfig() config {
 
 // frameLimit is the largest WebSocket frame a client may send. It leaves
 // room for a maximal text once JSON-escaped (up to 6 bytes per byte, as in
-// "\u0001") plus the other fields, and is never below the SPEC's 32 KiB.
+// "\u0001") plus the other fields, and is never below 32 KiB.
 func (c *config) frameLimit() int {
 	return max(32<<10, 6*c.maxText+1024)
 }
@@ -121,13 +121,14 @@ func WithMaxMessageBytes(n int) Option {
 	}
 }
 
-// WithSendQueue sets how many frames may wait for one slow client (default
-// 256). A client whose queue is full is closed with 1013 so that it never
-// slows anyone else. n <= 0 keeps the default.
-func WithSendQueue(n int) Option {
+// WithSendQueue sets how many bytes of frames may wait for one client that
+// reads slowly (default 1 MiB: a few thousand chat messages). A client whose
+// queue would grow past it is closed with 1013 so that it never slows anyone
+// else. bytes <= 0 keeps the default.
+func WithSendQueue(bytes int) Option {
 	return func(c *config) {
-		if n > 0 {
-			c.sendQueue = n
+		if bytes > 0 {
+			c.sendQueue = bytes
 		}
 	}
 }

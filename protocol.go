@@ -8,7 +8,8 @@ import (
 	"unicode/utf8"
 )
 
-// Error codes sent in {"type":"error"} frames (SPEC §3).
+// Error codes sent in {"type":"error"} frames; the README's protocol
+// section says when each is sent.
 const (
 	codeBadRequest   = "bad_request"
 	codeInvalidRoom  = "invalid_room"
@@ -143,7 +144,7 @@ type message struct {
 	Ref      string
 }
 
-// appendMessageFrame encodes m as the SPEC §3 message frame. The bytes are
+// appendMessageFrame encodes m as the protocol's message frame. The bytes are
 // published to Redis as they are, and every instance relays them to its
 // clients unchanged: a message is encoded once, at its origin.
 func appendMessageFrame(b []byte, m *message) []byte {

@@ -17,6 +17,7 @@ const (
 
 	closeNormal    = 1000
 	closeGoingAway = 1001
+	closePolicy    = 1008
 	closeTooBig    = 1009
 	closeTryLater  = 1013
 )

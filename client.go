@@ -15,10 +15,10 @@ import (
 	"golang.org/x/net/websocket"
 )
 
-// client is one WebSocket connection. Its reader is the goroutine that
-// ServeHTTP runs on; its writer is started only when there is something to
-// write and ends when the queue is empty, so an idle connection costs one
-// goroutine and no queue.
+// client is one WebSocket connection. Its reader is a goroutine of the
+// Handler's, started by ServeHTTP once the upgrade is done; its writer is
+// started only when there is something to write and ends when the queue is
+// empty, so an idle connection costs one goroutine and no queue.
 type client struct {
 	h      *Handler
 	ws     *websocket.Conn
@@ -32,10 +32,11 @@ type client struct {
 
 	limiter    rateLimiter // reader only
 	pingBucket uint8       // which tick of the keepalive loop pings this client
-	publisher  int         // which publisher sends this client's messages, in order
+	lane       int         // the publisher lane that sends this client's messages, in order
 
 	mu          sync.Mutex
 	queue       [][]byte // frames waiting for the writer
+	queued      int      // bytes in queue, held to the send-queue budget
 	spare       [][]byte // the writer's last batch, reused as the next queue
 	pingDue     bool
 	closeMsg    []byte // close frame payload the writer sends after the queue
@@ -55,7 +56,7 @@ func newClient(h *Handler, ws *websocket.Conn, wire *wireConn, user string, canc
 		rooms:      make(map[string]bool),
 		limiter:    newRateLimiter(h.cfg.ratePerSec, h.cfg.rateBurst),
 		pingBucket: uint8(rand.IntN(pingBuckets)),
-		publisher:  rand.IntN(publishers),
+		lane:       rand.IntN(publishLanes),
 		writerDone: make(chan struct{}),
 	}
 	c.writeLoopFn = c.writeLoop
@@ -81,7 +82,7 @@ func (c *client) serve(ctx context.Context, rooms []string) {
 	log := c.h.log
 	log.Debug("client connected", "user", c.user, "remote", c.wire.RemoteAddr().String())
 	for _, room := range rooms {
-		c.h.hub.join(c, room, "")
+		c.h.join(c, room, "")
 	}
 	var err error
 	for {
@@ -131,9 +132,9 @@ func (c *client) handle(ctx context.Context, data []byte) {
 	}
 	switch f.Type {
 	case typeJoin:
-		c.h.hub.join(c, f.Room, f.Ref)
+		c.h.join(c, f.Room, f.Ref)
 	case typeLeave:
-		c.h.hub.leave(c, f.Room, f.Ref)
+		c.h.leave(c, f.Room, f.Ref)
 	case typeMessage:
 		if len(f.Text) > c.h.cfg.maxText {
 			c.sendError(codeTooLarge, "text longer than "+strconv.Itoa(c.h.cfg.maxText)+" bytes", f.Ref)
@@ -143,26 +144,49 @@ func (c *client) handle(ctx context.Context, data []byte) {
 			c.sendError(codeNotJoined, "join "+f.Room+" before sending to it", f.Ref)
 			return
 		}
-		c.h.bus.publishFrom(ctx, c, f.Room, c.h.newMessage(f.Room, c.user, f.Text, f.Ref), f.Ref)
+		// Members, the sender included, see it when Redis relays it back.
+		c.h.pub.send(ctx, c.lane, f.Room, c.user, f.Text, f.Ref, c)
 	}
 }
 
-func (c *client) sendError(code, msg, ref string) { c.send(errorFrame(code, msg, ref)) }
+// published tells the sender when Redis did not take its message
+// (publishOutcome). Success needs no word: the message itself comes back.
+func (c *client) published(ref string, err error) {
+	if err != nil {
+		c.sendError(codeUnavailable, "message not sent: Redis is unavailable", ref)
+	}
+}
+
+// sendError answers a request with an error frame, counted by its code.
+func (c *client) sendError(code, msg, ref string) {
+	switch code {
+	case codeRateLimited:
+		c.h.stats.rateLimited.Add(1)
+	case codeUnavailable:
+		c.h.stats.unavailable.Add(1)
+	default:
+		c.h.stats.badFrames.Add(1)
+	}
+	c.send(errorFrame(code, msg, ref))
+}
 
 // send queues frame for the client without ever blocking. A client whose
-// queue is full cannot keep up: it is closed with 1013 so that it slows
-// nobody else. frame may be shared with other clients and is never modified.
+// queued frames would exceed the send-queue budget cannot keep up: it is
+// closed with 1013 so that it slows nobody else. frame may be shared with
+// other clients and is never modified.
 func (c *client) send(frame []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
 		return
 	}
-	if len(c.queue) >= c.h.cfg.sendQueue {
+	if c.queued+len(frame) > c.h.cfg.sendQueue {
+		c.h.stats.slowClients.Add(1)
 		c.closeLocked(closeTryLater, "too slow: send queue full", true)
 		return
 	}
 	c.queue = append(c.queue, frame)
+	c.queued += len(frame)
 	c.startWriterLocked()
 }
 
@@ -195,7 +219,7 @@ func (c *client) closeLocked(code uint16, reason string, dropQueue bool) {
 	}
 	c.closing = true
 	if dropQueue {
-		c.queue = nil
+		c.queue, c.queued = nil, 0
 	}
 	c.closeMsg = closePayload(code, reason)
 	c.startWriterLocked()
@@ -206,7 +230,7 @@ func (c *client) closeLocked(code uint16, reason string, dropQueue bool) {
 func (c *client) abort() {
 	c.mu.Lock()
 	c.closing = true
-	c.queue = nil
+	c.queue, c.queued = nil, 0
 	c.mu.Unlock()
 	c.cancel()
 	_ = c.wire.Conn.Close()
@@ -234,6 +258,7 @@ func (c *client) writeLoop() {
 		c.mu.Lock()
 		batch, ping, closeMsg := c.queue, c.pingDue, c.closeMsg
 		c.queue, c.spare, c.pingDue, c.closeMsg = c.spare, nil, false, nil
+		c.queued = 0
 		if len(batch) == 0 && !ping && closeMsg == nil {
 			c.writing = false
 			if cap(c.queue) > idleQueueCap {
@@ -259,7 +284,7 @@ func (c *client) writeLoop() {
 		if err != nil && !c.closing {
 			// The peer is gone or stuck past the write timeout.
 			c.closing = true
-			c.queue = nil
+			c.queue, c.queued = nil, 0
 			c.mu.Unlock()
 			c.h.log.Debug("write failed: dropping client", "user", c.user, "err", err)
 			_ = c.wire.Conn.Close() // ends the reader too
@@ -317,7 +342,7 @@ const maxPooledBuffer = 64 << 10
 // finish runs when the reader stops: the client leaves its rooms, a close
 // frame from the peer is answered, and the writer is waited for.
 func (c *client) finish(readErr error) {
-	c.h.hub.removeClient(c)
+	c.h.leaveAll(c)
 	c.cancel()
 	c.mu.Lock()
 	if !c.closing && errors.Is(readErr, io.EOF) {
@@ -326,7 +351,7 @@ func (c *client) finish(readErr error) {
 		c.startWriterLocked()
 	}
 	c.closing = true
-	c.queue = nil
+	c.queue, c.queued = nil, 0
 	wait := c.writing
 	c.mu.Unlock()
 	if !errors.Is(readErr, io.EOF) {

@@ -7,22 +7,22 @@ import "testing"
 // SUBSCRIBE). A room wanted but not yet sent must go back to subscribeLoop,
 // or its joiners would wait for a reply that never comes.
 func TestConnectionLostExpectsOnlyResubscribedRooms(t *testing.T) {
-	b := newRedisBus(nil, nil, keyspace("chat:"), newHub(32), nil, &config{}, testLogger(t))
-	b.subs["sent"] = &subState{want: true, confirmed: true, resubscribe: true}
-	b.subs["unsent"] = &subState{want: true}
-	b.subs["leaving"] = &subState{confirmed: true, inFlight: true} // UNSUBSCRIBE in flight
+	b := newSubscriber(nil, keyspace("chat:"), nil, nil, &config{}, testLogger(t), &counters{})
+	b.rooms["sent"] = &subState{want: true, confirmed: true, resubscribe: true}
+	b.rooms["unsent"] = &subState{want: true}
+	b.rooms["leaving"] = &subState{confirmed: true, inFlight: true} // UNSUBSCRIBE in flight
 	b.connectionLost(false)
 
-	if s := b.subs["sent"]; !s.inFlight || s.confirmed || !s.interrupted {
+	if s := b.rooms["sent"]; !s.inFlight || s.confirmed || !s.interrupted {
 		t.Errorf("sent: %+v, want awaiting go-redis's resubscription, interrupted", *s)
 	}
-	if s := b.subs["unsent"]; s.inFlight {
-		t.Errorf("unsent: %+v, want left to subscribeLoop", *s)
+	if s := b.rooms["unsent"]; s.inFlight {
+		t.Errorf("unsent: %+v, want left to reconcile", *s)
 	}
 	if _, dirty := b.dirty["unsent"]; !dirty {
-		t.Error("unsent room not queued for subscribeLoop")
+		t.Error("unsent room not queued for reconcile")
 	}
-	if _, kept := b.subs["leaving"]; kept {
+	if _, kept := b.rooms["leaving"]; kept {
 		t.Error("a room being unsubscribed is still tracked after the connection it was on died")
 	}
 }

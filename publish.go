@@ -1,0 +1,229 @@
+package chat
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// publishScript refreshes the room's activity key and publishes the message
+// atomically. Keyed on the room key, it runs on the node owning the room's
+// slot in a Cluster, so each room has one ordering point.
+const publishScript = `redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return redis.call('PUBLISH', ARGV[2], ARGV[3])`
+
+// Publishing is pipelined and batched. Each lane is a queue with one
+// goroutine that sends everything waiting in it as one pipeline, so under
+// load a Redis round trip, and its syscalls, carries many messages. A
+// sender always uses the same lane, whose queue and single pipeline in
+// flight keep its messages in order. Senders do not wait for Redis before
+// their next message, so a burst stays a burst all the way to the members'
+// sockets, where each writer sends it in one write.
+const (
+	publishLanes    = 4   // pipelines in flight at once
+	maxPublishBatch = 256 // messages per pipeline, and the length of each lane's queue
+)
+
+// publishOutcome hears how a queued message fared: err is nil once Redis
+// took it, ErrUnavailable-wrapped otherwise. A client implements it to
+// answer its sender; Handler.Publish waits on a resultChan. It is called
+// from a publisher goroutine and must not block.
+type publishOutcome interface {
+	published(ref string, err error)
+}
+
+// publishRequest is one message waiting in a lane.
+type publishRequest struct {
+	room    string
+	frame   []byte // the encoded message frame, as every member will receive it
+	ref     string // the sender's ref, handed back with the outcome
+	outcome publishOutcome
+}
+
+// publisher sends messages to Redis through the pub client. It stamps each
+// message with its origin (ID, time, instance), encodes it once, and queues
+// it on a lane; New starts its goroutines with start and Shutdown stops them
+// with close.
+type publisher struct {
+	redis   redis.UniversalClient
+	keys    keyspace
+	origin  string        // the instance ID, in every message's "instance" and ID
+	ttl     int64         // room TTL in seconds, for the script
+	timeout time.Duration // bound on one pipeline's round trip
+	log     *slog.Logger
+	stats   *counters
+
+	seq    atomic.Uint64 // message IDs are origin-seq
+	lanes  [publishLanes]chan *publishRequest
+	stop   context.CancelFunc
+	closed chan struct{} // closed when the lanes' goroutines have returned
+	wg     sync.WaitGroup
+}
+
+func newPublisher(client redis.UniversalClient, keys keyspace, origin string, cfg *config, log *slog.Logger, stats *counters) *publisher {
+	p := &publisher{
+		redis: client, keys: keys, origin: origin,
+		ttl:     int64(cfg.roomTTL / time.Second),
+		timeout: cfg.publishTimeout,
+		log:     log, stats: stats,
+		stop:   func() {},
+		closed: make(chan struct{}),
+	}
+	for i := range p.lanes {
+		p.lanes[i] = make(chan *publishRequest, maxPublishBatch)
+	}
+	return p
+}
+
+// start runs one goroutine per lane until close.
+func (p *publisher) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stop = cancel
+	for _, lane := range p.lanes {
+		p.wg.Go(func() { p.drain(ctx, lane) })
+	}
+}
+
+// close stops the lanes and waits for them; a batch already taken is
+// finished first. Messages still queued get no outcome: their senders are
+// gone (clients) or see ErrClosed (Publish).
+func (p *publisher) close() {
+	p.stop()
+	p.wg.Wait()
+	close(p.closed)
+}
+
+// message stamps a message with its ID, time and origin and encodes it,
+// once: every instance relays these bytes unchanged.
+func (p *publisher) message(room, user, text, ref string) []byte {
+	m := message{
+		Room:     room,
+		ID:       p.origin + "-" + strconv.FormatUint(p.seq.Add(1), 36),
+		User:     user,
+		Text:     text,
+		TS:       time.Now().UnixMilli(),
+		Instance: p.origin,
+		Ref:      ref,
+	}
+	return appendMessageFrame(make([]byte, 0, 128+len(text)+len(user)+len(ref)), &m)
+}
+
+// send queues a message from user on lane and returns without waiting for
+// Redis; outcome hears the result. It blocks only while the lane is full,
+// which slows the sender down, or until ctx ends.
+func (p *publisher) send(ctx context.Context, lane int, room, user, text, ref string, outcome publishOutcome) {
+	req := &publishRequest{room: room, frame: p.message(room, user, text, ref), ref: ref, outcome: outcome}
+	select {
+	case p.lanes[lane] <- req:
+	case <-ctx.Done():
+	}
+}
+
+// resultChan is the outcome of one message whose sender waits for it.
+type resultChan chan error
+
+func (r resultChan) published(_ string, err error) { r <- err }
+
+// publish sends one message and waits until Redis has answered, ctx ends,
+// or the publisher stops. Every failure is ErrUnavailable.
+func (p *publisher) publish(ctx context.Context, room, user, text string) error {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	done := make(resultChan, 1) // buffered: the lane never waits
+	req := &publishRequest{room: room, frame: p.message(room, user, text, ""), outcome: done}
+	var err error
+	select {
+	case p.lanes[rand.IntN(publishLanes)] <- req:
+		select {
+		case err = <-done:
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-p.closed:
+			err = ErrClosed
+		}
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-p.closed:
+		err = ErrClosed
+	}
+	if err != nil {
+		return fmt.Errorf("%w: publish to %s: %v", ErrUnavailable, room, err)
+	}
+	return nil
+}
+
+// drain is one lane: it sends whatever is queued, up to maxPublishBatch
+// messages, as one pipeline, and reports each message's outcome.
+func (p *publisher) drain(ctx context.Context, lane <-chan *publishRequest) {
+	batch := make([]*publishRequest, 0, maxPublishBatch)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case req := <-lane:
+			batch = append(batch, req)
+		}
+	more:
+		for len(batch) < maxPublishBatch {
+			select {
+			case req := <-lane:
+				batch = append(batch, req)
+			default:
+				break more
+			}
+		}
+		// A batch taken is finished, even during Shutdown.
+		errs := p.pipeline(context.WithoutCancel(ctx), batch)
+		var failed int
+		var firstErr error
+		for i, req := range batch {
+			err := errs[i]
+			if err != nil {
+				if failed == 0 {
+					firstErr = err
+				}
+				failed++
+				err = fmt.Errorf("%w: publish to %s: %v", ErrUnavailable, req.room, err)
+			}
+			req.outcome.published(req.ref, err)
+		}
+		p.stats.messagesPublished.Add(uint64(len(batch) - failed))
+		if failed > 0 {
+			p.stats.redisErrors.Add(uint64(failed))
+			p.log.Warn("publish failed; senders told", "messages", failed, "err", firstErr)
+		}
+		clear(batch)
+		batch = batch[:0]
+	}
+}
+
+// pipeline runs the publish script for every message of batch in one
+// pipeline and returns each message's error.
+func (p *publisher) pipeline(ctx context.Context, batch []*publishRequest) []error {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	// EVAL with the source, not EVALSHA: a Redis that lost its script cache
+	// (restart, failover, SCRIPT FLUSH) would answer NOSCRIPT to some
+	// messages of a batch and not to later ones once another connection
+	// loaded the script, and sending the failed ones again would reorder a
+	// sender's messages. Redis finds the cached script by hashing these few
+	// bytes.
+	cmds, _ := p.redis.Pipelined(ctx, func(pl redis.Pipeliner) error {
+		for _, r := range batch {
+			pl.Eval(ctx, publishScript, []string{p.keys.roomKey(r.room)}, p.ttl, p.keys.channel(r.room), r.frame)
+		}
+		return nil
+	})
+	errs := make([]error, len(batch))
+	for i, cmd := range cmds {
+		errs[i] = cmd.Err()
+	}
+	return errs
+}

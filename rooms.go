@@ -1,0 +1,93 @@
+package chat
+
+import (
+	"context"
+	"time"
+)
+
+// Room membership: the Handler is the go-between of the hub, which knows
+// who is in which room, and the subscriber, which keeps Redis subscribed to
+// the rooms that have local members. Each change in the hub that makes a
+// room appear or empty is passed on to the subscriber under roomsMu, so the
+// subscriber sees a room's changes in the order they happened.
+//
+// Lock order: Handler.roomsMu, then hub.mu or subscriber.mu (never both:
+// the hub and the subscriber do not call each other), then client.mu. The
+// subscriber reports (subscriptionEvents, below) with none of its locks
+// held; the relay of a message takes hub.mu only.
+
+// join puts c in room; the client hears "joined" once Redis has confirmed
+// the room's subscription.
+func (h *Handler) join(c *client, room, ref string) {
+	h.roomsMu.Lock()
+	defer h.roomsMu.Unlock()
+	if h.hub.join(c, room, ref) && h.sub.acquire(room) {
+		h.hub.subscribed(room, false)
+	}
+}
+
+// leave takes c out of room.
+func (h *Handler) leave(c *client, room, ref string) {
+	h.roomsMu.Lock()
+	defer h.roomsMu.Unlock()
+	if h.hub.leave(c, room, ref) {
+		h.sub.release(room)
+	}
+}
+
+// leaveAll takes a departing client out of all its rooms.
+func (h *Handler) leaveAll(c *client) {
+	h.roomsMu.Lock()
+	defer h.roomsMu.Unlock()
+	for _, room := range h.hub.removeClient(c) {
+		h.sub.release(room)
+	}
+}
+
+// expireJoins answers "unavailable" to joins that Redis did not confirm
+// within the subscribe timeout.
+func (h *Handler) expireJoins(ctx context.Context) {
+	t := time.NewTicker(h.cfg.subscribeTimeout / 10)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if !h.hub.hasWaiters() {
+				continue
+			}
+			h.roomsMu.Lock()
+			for _, room := range h.hub.expireWaiters(now.Add(-h.cfg.subscribeTimeout)) {
+				h.sub.release(room)
+			}
+			h.roomsMu.Unlock()
+		}
+	}
+}
+
+// The Handler's side of subscriptionEvents.
+
+func (h *Handler) roomMessage(room string, payload []byte) {
+	h.stats.deliveries.Add(uint64(h.hub.deliver(room, payload)))
+}
+
+func (h *Handler) roomSubscribed(room string, resumed bool) {
+	h.roomsMu.Lock()
+	defer h.roomsMu.Unlock()
+	h.hub.subscribed(room, resumed)
+}
+
+func (h *Handler) roomSubscribeFailed(room string) {
+	h.roomsMu.Lock()
+	defer h.roomsMu.Unlock()
+	if h.hub.subscriptionFailed(room) {
+		h.sub.release(room)
+	}
+}
+
+func (h *Handler) subscriptionsLost() {
+	h.roomsMu.Lock()
+	defer h.roomsMu.Unlock()
+	h.hub.subscriptionsLost()
+}

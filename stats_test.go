@@ -1,0 +1,51 @@
+package chat
+
+import (
+	"testing"
+)
+
+// Stats counts what an operator watches: connections, rooms, messages in
+// and out, and every refusal by its reason.
+func TestStatsCount(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, be *backend) {
+		in := newInstance(t, be, WithRateLimit(1000, 3))
+		if s := in.h.Stats(); s != (Stats{}) {
+			t.Fatalf("fresh Handler: %+v, want zeros", s)
+		}
+		alice := in.connect(t, "room=lobby&user=alice")
+		bob := in.connect(t, "room=lobby&room=side&user=bob")
+
+		must(t, alice.sendJSON(msgFrame("lobby", "hi", "m1")))
+		alice.next(t, "message", wait)
+		bob.next(t, "message", wait)
+		must(t, alice.sendText("not json"))
+		alice.next(t, "error", wait)
+		for range 4 { // a burst of 3 is allowed: the fourth frame is refused
+			must(t, bob.sendJSON(msgFrame("nowhere", "x", "")))
+		}
+		var codes []string
+		for range 4 {
+			codes = append(codes, str(bob.next(t, "error", wait)["code"]))
+		}
+		if codes[3] != codeRateLimited {
+			t.Fatalf("error codes %v, want the fourth rate_limited", codes)
+		}
+
+		want := Stats{
+			Connections:         2,
+			Rooms:               2,
+			ConnectionsAccepted: 2,
+			MessagesPublished:   1,
+			Deliveries:          2,
+			Dropped:             Drops{RateLimited: 1, BadFrames: 4},
+		}
+		if s := in.h.Stats(); s != want {
+			t.Errorf("Stats() = %+v\nwant       %+v", s, want)
+		}
+		bob.close()
+		eventually(t, wait, "bob's connection counted after it closed", func() bool {
+			s := in.h.Stats()
+			return s.Connections == 1 && s.Rooms == 1 && s.ConnectionsAccepted == 2
+		})
+	})
+}
