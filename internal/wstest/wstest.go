@@ -1,7 +1,10 @@
-package chat
-
-// A raw-frame RFC 6455 WebSocket client for tests. Library clients hide close
-// codes, opcodes and pings; this one shows them and can send malformed input.
+// Package wstest is a raw-frame RFC 6455 WebSocket client for tests. Library
+// clients hide close codes, opcodes and pings; this one shows them and can
+// send malformed input (binary, oversized, fragmented or control frames).
+//
+// It is test infrastructure: only _test.go files import it, so importers of
+// the chat package never compile it.
+package wstest
 
 import (
 	"bufio"
@@ -23,31 +26,33 @@ import (
 	"time"
 )
 
-// WebSocket opcodes and limits used by testWS.
+// WebSocket opcodes (RFC 6455 section 5.2), for SendFrame and ReadFrame.
 const (
-	tcOpContinuation byte = 0x0
-	tcOpText         byte = 0x1
-	tcOpBinary       byte = 0x2
-	tcOpClose        byte = 0x8
-	tcOpPing         byte = 0x9
-	tcOpPong         byte = 0xA
-
-	tcMaxFramePayload = 64 << 20         // refuse to buffer larger incoming frames
-	tcWriteTimeout    = 10 * time.Second // deadline for each outgoing frame
-	tcDialTimeout     = 10 * time.Second // deadline for dial + handshake
-	tcWSGUID          = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+	OpContinuation byte = 0x0
+	OpText         byte = 0x1
+	OpBinary       byte = 0x2
+	OpClose        byte = 0x8
+	OpPing         byte = 0x9
+	OpPong         byte = 0xA
 )
 
-// testWS is a client-side WebSocket connection speaking raw frames.
+const (
+	maxFramePayload = 64 << 20         // refuse to buffer larger incoming frames
+	writeTimeout    = 10 * time.Second // deadline for each outgoing frame
+	dialTimeout     = 10 * time.Second // deadline for dial + handshake
+	acceptGUID      = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+)
+
+// Conn is a client-side WebSocket connection speaking raw frames.
 //
 // It never reads in the background: nothing is read from the socket unless a
-// read method (readFrame, readJSON, next, expectClose) is called. A test of a
-// slow client simply stops calling them (use dialWSWith to also shrink the
-// TCP receive buffer so the server's writes block sooner).
+// read method (ReadFrame, ReadJSON, Next, ExpectClose) is called. A test of a
+// slow client simply stops calling them (use DialWithReadBuffer to also
+// shrink the TCP receive buffer so the server's writes block sooner).
 //
 // Reads must come from one goroutine at a time; sends may run concurrently
 // with reads and with each other.
-type testWS struct {
+type Conn struct {
 	conn net.Conn
 	br   *bufio.Reader
 
@@ -56,69 +61,67 @@ type testWS struct {
 	readErr   error // sticky: the stream ended or a frame was cut by a timeout
 	closeOnce sync.Once
 
-	// noPong disables the automatic pong reply; pings are then returned by
-	// readFrame (and skipped by readJSON/next).
-	noPong bool
-	// skipped holds the JSON frames that next passed over, oldest first. A
+	// NoPong disables the automatic pong reply; pings are then returned by
+	// ReadFrame (and skipped by ReadJSON and Next).
+	NoPong bool
+	// Skipped holds the JSON frames that Next passed over, oldest first. A
 	// test may inspect or reset it.
-	skipped []map[string]any
-	// lastFin is the FIN bit of the frame last returned by readFrame.
-	lastFin bool
-	// closeReason is the reason of the last close frame seen by readJSON,
-	// next or expectClose.
-	closeReason string
+	Skipped []map[string]any
+	// CloseReason is the reason of the last close frame seen by ReadJSON,
+	// Next or ExpectClose.
+	CloseReason string
 }
 
-// closeError is returned by readJSON when the server sent a close frame.
+// CloseError is returned by ReadJSON when the server sent a close frame.
 // Code is 1005 when the frame had no status code.
-type closeError struct {
+type CloseError struct {
 	Code   uint16
 	Reason string
 }
 
-func (e *closeError) Error() string {
+func (e *CloseError) Error() string {
 	return fmt.Sprintf("websocket closed by peer: code %d, reason %q", e.Code, e.Reason)
 }
 
-// dialWS dials url (ws://host:port/path?query) and performs the RFC 6455
+// Dial dials url (ws://host:port/path?query) and performs the RFC 6455
 // handshake, sending hdr (Origin, Cookie, Host, ...) with the request. It
-// returns the HTTP status code; unless it is 101 the *testWS is nil and err
+// returns the HTTP status code; unless it is 101 the *Conn is nil and err
 // describes the response. On success the connection is closed at t.Cleanup.
-func dialWS(t testing.TB, url string, hdr http.Header) (*testWS, int, error) {
+func Dial(t testing.TB, url string, hdr http.Header) (*Conn, int, error) {
 	t.Helper()
-	return dialWSWith(t, url, hdr, 0)
+	return DialWithReadBuffer(t, url, hdr, 0)
 }
 
-// dialWSWith is dialWS, and when readBuffer > 0 it first sets the TCP
+// DialWithReadBuffer is Dial, and when readBuffer > 0 it first sets the TCP
 // socket's receive buffer (SO_RCVBUF) to readBuffer bytes, before the
 // handshake, so a client that stops reading fills up quickly. The kernel may
 // round the value (Linux doubles it and enforces a minimum).
-func dialWSWith(t testing.TB, rawURL string, hdr http.Header, readBuffer int) (*testWS, int, error) {
+func DialWithReadBuffer(t testing.TB, rawURL string, hdr http.Header, readBuffer int) (*Conn, int, error) {
 	t.Helper()
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, 0, fmt.Errorf("dialWS: parse %q: %w", rawURL, err)
+		return nil, 0, fmt.Errorf("wstest.Dial: parse %q: %w", rawURL, err)
 	}
 	if u.Scheme != "ws" && u.Scheme != "http" {
-		return nil, 0, fmt.Errorf("dialWS: scheme %q not supported (want ws://)", u.Scheme)
+		return nil, 0, fmt.Errorf("wstest.Dial: scheme %q not supported (want ws://)", u.Scheme)
 	}
 	addr := u.Host
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "80")
 	}
-	conn, err := net.DialTimeout("tcp", addr, tcDialTimeout)
+	conn, err := net.DialTimeout("tcp", addr, dialTimeout)
 	if err != nil {
-		return nil, 0, fmt.Errorf("dialWS: %w", err)
+		return nil, 0, fmt.Errorf("wstest.Dial: %w", err)
 	}
 	if readBuffer > 0 {
 		if tcp, ok := conn.(*net.TCPConn); ok {
 			if err := tcp.SetReadBuffer(readBuffer); err != nil {
 				conn.Close()
-				return nil, 0, fmt.Errorf("dialWS: SetReadBuffer(%d): %w", readBuffer, err)
+				return nil, 0, fmt.Errorf("wstest.Dial: SetReadBuffer(%d): %w", readBuffer, err)
 			}
 		}
 	}
-	_ = conn.SetDeadline(time.Now().Add(tcDialTimeout))
+	_ = conn.SetDeadline(time.Now().Add(dialTimeout))
 
 	var nonce [16]byte
 	_, _ = rand.Read(nonce[:])
@@ -139,79 +142,78 @@ func dialWSWith(t testing.TB, rawURL string, hdr http.Header, readBuffer int) (*
 	req.WriteString("\r\n")
 	if _, err := io.WriteString(conn, req.String()); err != nil {
 		conn.Close()
-		return nil, 0, fmt.Errorf("dialWS: write handshake: %w", err)
+		return nil, 0, fmt.Errorf("wstest.Dial: write handshake: %w", err)
 	}
 
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet, URL: u})
 	if err != nil {
 		conn.Close()
-		return nil, 0, fmt.Errorf("dialWS: read handshake response: %w", err)
+		return nil, 0, fmt.Errorf("wstest.Dial: read handshake response: %w", err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		conn.Close()
-		return nil, resp.StatusCode, fmt.Errorf("dialWS: handshake status %s, body %q", resp.Status, body)
+		return nil, resp.StatusCode, fmt.Errorf("wstest.Dial: handshake status %s, body %q", resp.Status, body)
 	}
-	sum := sha1.Sum([]byte(key + tcWSGUID))
+	sum := sha1.Sum([]byte(key + acceptGUID))
 	wantAccept := base64.StdEncoding.EncodeToString(sum[:])
 	if got := resp.Header.Get("Sec-WebSocket-Accept"); got != wantAccept {
 		conn.Close()
-		return nil, resp.StatusCode, fmt.Errorf("dialWS: Sec-WebSocket-Accept %q, want %q", got, wantAccept)
+		return nil, resp.StatusCode, fmt.Errorf("wstest.Dial: Sec-WebSocket-Accept %q, want %q", got, wantAccept)
 	}
 	if !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") {
 		conn.Close()
-		return nil, resp.StatusCode, fmt.Errorf("dialWS: Upgrade header %q", resp.Header.Get("Upgrade"))
+		return nil, resp.StatusCode, fmt.Errorf("wstest.Dial: Upgrade header %q", resp.Header.Get("Upgrade"))
 	}
 	_ = conn.SetDeadline(time.Time{})
-	c := &testWS{conn: conn, br: br}
-	t.Cleanup(c.close)
+	c := &Conn{conn: conn, br: br}
+	t.Cleanup(c.Close)
 	return c, resp.StatusCode, nil
 }
 
-// mustDialWS dials url with no extra headers and fails the test unless the
-// server answers 101. The connection is closed at t.Cleanup.
-func mustDialWS(t testing.TB, url string) *testWS {
+// MustDial is Dial that fails the test unless the server answers 101.
+func MustDial(t testing.TB, url string, hdr http.Header) *Conn {
 	t.Helper()
-	c, status, err := dialWS(t, url, nil)
+	c, status, err := Dial(t, url, hdr)
 	if err != nil {
-		t.Fatalf("mustDialWS %s: status %d: %v", url, status, err)
+		t.Fatalf("wstest.MustDial %s: status %d: %v", url, status, err)
 	}
 	return c
 }
 
-// close closes the TCP connection (no close frame). It is idempotent.
-func (c *testWS) close() {
+// Close closes the TCP connection (no close frame). It is idempotent.
+func (c *Conn) Close() {
 	c.closeOnce.Do(func() { _ = c.conn.Close() })
 }
 
-// sendText sends s as one masked text frame.
-func (c *testWS) sendText(s string) error {
-	return c.sendFrame(tcOpText, []byte(s), true)
+// SendText sends s as one masked text frame.
+func (c *Conn) SendText(s string) error {
+	return c.SendFrame(OpText, []byte(s), true)
 }
 
-// sendJSON marshals v and sends it as one text frame.
-func (c *testWS) sendJSON(v any) error {
+// SendJSON marshals v and sends it as one text frame.
+func (c *Conn) SendJSON(v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return fmt.Errorf("sendJSON: %w", err)
+		return fmt.Errorf("SendJSON: %w", err)
 	}
-	return c.sendFrame(tcOpText, b, true)
+	return c.SendFrame(OpText, b, true)
 }
 
-// sendClose sends a close frame with code and reason (no reply is awaited).
-func (c *testWS) sendClose(code uint16, reason string) error {
+// SendClose sends a close frame with code and reason (no reply is awaited).
+func (c *Conn) SendClose(code uint16, reason string) error {
 	p := binary.BigEndian.AppendUint16(nil, code)
-	return c.sendFrame(tcOpClose, append(p, reason...), true)
+	return c.SendFrame(OpClose, append(p, reason...), true)
 }
 
-// sendFrame sends one masked frame with any opcode (0-15) and payload size,
+// SendFrame sends one masked frame with any opcode (0-15) and payload size,
 // control frames included, without validating them: good for bad-input tests
 // (binary, oversized, fragmented, ping, close). Each frame is written with a
 // 10 s write deadline.
-func (c *testWS) sendFrame(opcode byte, payload []byte, fin bool) error {
+func (c *Conn) SendFrame(opcode byte, payload []byte, fin bool) error {
 	if opcode > 0x0f {
-		return fmt.Errorf("sendFrame: opcode %#x does not fit in 4 bits", opcode)
+		return fmt.Errorf("SendFrame: opcode %#x does not fit in 4 bits", opcode)
 	}
 	b0 := opcode
 	if fin {
@@ -237,26 +239,23 @@ func (c *testWS) sendFrame(opcode byte, payload []byte, fin bool) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	_ = c.conn.SetWriteDeadline(time.Now().Add(tcWriteTimeout))
+	_ = c.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 	_, err := c.conn.Write(frame)
 	return err
 }
 
-// readFrame reads the next frame, waiting at most timeout. Server pings are
-// answered with a pong and skipped unless c.noPong is set; every other frame
-// is returned as is (opcode and unmasked payload; c.lastFin has its FIN bit).
+// ReadFrame reads the next frame, waiting at most timeout. Server pings are
+// answered with a pong and skipped unless c.NoPong is set; every other frame
+// is returned as is (opcode and unmasked payload).
 // A timeout before any byte of a frame arrived leaves the connection usable;
 // errors.Is(err, os.ErrDeadlineExceeded) reports it.
-func (c *testWS) readFrame(timeout time.Duration) (opcode byte, payload []byte, err error) {
-	op, fin, p, err := c.tcReadFrame(time.Now().Add(timeout))
-	if err == nil {
-		c.lastFin = fin
-	}
+func (c *Conn) ReadFrame(timeout time.Duration) (opcode byte, payload []byte, err error) {
+	op, _, p, err := c.readFrame(time.Now().Add(timeout))
 	return op, p, err
 }
 
-// tcReadFrame reads one frame before deadline, answering pings (see readFrame).
-func (c *testWS) tcReadFrame(deadline time.Time) (op byte, fin bool, payload []byte, err error) {
+// readFrame reads one frame before deadline, answering pings (see ReadFrame).
+func (c *Conn) readFrame(deadline time.Time) (op byte, fin bool, payload []byte, err error) {
 	for {
 		if c.readErr != nil {
 			return 0, false, nil, c.readErr
@@ -264,7 +263,7 @@ func (c *testWS) tcReadFrame(deadline time.Time) (op byte, fin bool, payload []b
 		_ = c.conn.SetReadDeadline(deadline)
 		h, err := c.br.Peek(2)
 		if err != nil {
-			return 0, false, nil, c.tcReadFailed(err, false)
+			return 0, false, nil, c.readFailed(err, false)
 		}
 		b0, b1 := h[0], h[1]
 		hlen := 2
@@ -279,7 +278,7 @@ func (c *testWS) tcReadFrame(deadline time.Time) (op byte, fin bool, payload []b
 			hlen += 4
 		}
 		if h, err = c.br.Peek(hlen); err != nil {
-			return 0, false, nil, c.tcReadFailed(err, false)
+			return 0, false, nil, c.readFailed(err, false)
 		}
 		var n uint64
 		switch b1 & 0x7f {
@@ -295,12 +294,12 @@ func (c *testWS) tcReadFrame(deadline time.Time) (op byte, fin bool, payload []b
 			copy(mask[:], h[hlen-4:hlen])
 		}
 		_, _ = c.br.Discard(hlen)
-		if n > tcMaxFramePayload {
-			return 0, false, nil, c.tcReadFailed(fmt.Errorf("testWS: incoming frame payload of %d bytes is over the %d limit", n, tcMaxFramePayload), true)
+		if n > maxFramePayload {
+			return 0, false, nil, c.readFailed(fmt.Errorf("wstest: incoming frame payload of %d bytes is over the %d limit", n, maxFramePayload), true)
 		}
 		payload = make([]byte, n)
 		if _, err := io.ReadFull(c.br, payload); err != nil {
-			return 0, false, nil, c.tcReadFailed(err, true)
+			return 0, false, nil, c.readFailed(err, true)
 		}
 		if masked {
 			for i := range payload {
@@ -308,96 +307,96 @@ func (c *testWS) tcReadFrame(deadline time.Time) (op byte, fin bool, payload []b
 			}
 		}
 		op, fin = b0&0x0f, b0&0x80 != 0
-		if op == tcOpPing && !c.noPong {
-			_ = c.sendFrame(tcOpPong, payload, true) // a failed write shows up on the next read
+		if op == OpPing && !c.NoPong {
+			_ = c.SendFrame(OpPong, payload, true) // a failed write shows up on the next read
 			continue
 		}
 		return op, fin, payload, nil
 	}
 }
 
-// tcReadFailed records err as sticky unless it is a timeout that struck
+// readFailed records err as sticky unless it is a timeout that struck
 // before any byte of the frame was consumed.
-func (c *testWS) tcReadFailed(err error, midFrame bool) error {
+func (c *Conn) readFailed(err error, midFrame bool) error {
 	if midFrame || !errors.Is(err, os.ErrDeadlineExceeded) {
 		if midFrame && errors.Is(err, os.ErrDeadlineExceeded) {
-			err = fmt.Errorf("testWS: timed out in the middle of a frame, stream unusable: %w", err)
+			err = fmt.Errorf("wstest: timed out in the middle of a frame, stream unusable: %w", err)
 		}
 		c.readErr = err
 	}
 	return err
 }
 
-// tcParseClose decodes a close frame payload.
-func tcParseClose(p []byte) *closeError {
+// parseClose decodes a close frame payload.
+func parseClose(p []byte) *CloseError {
 	switch len(p) {
 	case 0:
-		return &closeError{Code: 1005}
+		return &CloseError{Code: 1005}
 	case 1:
-		return &closeError{Code: 1002, Reason: "testWS: malformed close payload of 1 byte"}
+		return &CloseError{Code: 1002, Reason: "wstest: malformed close payload of 1 byte"}
 	}
-	return &closeError{Code: binary.BigEndian.Uint16(p), Reason: string(p[2:])}
+	return &CloseError{Code: binary.BigEndian.Uint16(p), Reason: string(p[2:])}
 }
 
-// readJSON returns the next text message (fragments joined) decoded into a
+// ReadJSON returns the next text message (fragments joined) decoded into a
 // map, within timeout overall. Pings and pongs are skipped. A close frame
-// gives a *closeError; a binary frame, invalid JSON or a timeout give other
+// gives a *CloseError; a binary frame, invalid JSON or a timeout give other
 // errors.
-func (c *testWS) readJSON(timeout time.Duration) (map[string]any, error) {
-	return c.tcReadJSON(time.Now().Add(timeout))
+func (c *Conn) ReadJSON(timeout time.Duration) (map[string]any, error) {
+	return c.readJSON(time.Now().Add(timeout))
 }
 
-func (c *testWS) tcReadJSON(deadline time.Time) (map[string]any, error) {
+func (c *Conn) readJSON(deadline time.Time) (map[string]any, error) {
 	var msg []byte
 	inText := false
 	for {
-		op, fin, p, err := c.tcReadFrame(deadline)
+		op, fin, p, err := c.readFrame(deadline)
 		if err != nil {
 			return nil, err
 		}
 		switch op {
-		case tcOpText:
+		case OpText:
 			if inText {
-				return nil, errors.New("testWS: new text frame inside a fragmented message")
+				return nil, errors.New("wstest: new text frame inside a fragmented message")
 			}
 			msg, inText = p, true
-		case tcOpContinuation:
+		case OpContinuation:
 			if !inText {
-				return nil, fmt.Errorf("testWS: continuation frame outside a text message (%d bytes)", len(p))
+				return nil, fmt.Errorf("wstest: continuation frame outside a text message (%d bytes)", len(p))
 			}
 			msg = append(msg, p...)
-		case tcOpClose:
-			ce := tcParseClose(p)
-			c.closeReason = ce.Reason
+		case OpClose:
+			ce := parseClose(p)
+			c.CloseReason = ce.Reason
 			return nil, ce
-		case tcOpPing, tcOpPong:
+		case OpPing, OpPong:
 			continue
-		case tcOpBinary:
-			return nil, fmt.Errorf("testWS: unexpected binary frame %q", p)
+		case OpBinary:
+			return nil, fmt.Errorf("wstest: unexpected binary frame %q", p)
 		default:
-			return nil, fmt.Errorf("testWS: unexpected frame opcode %#x payload %q", op, p)
+			return nil, fmt.Errorf("wstest: unexpected frame opcode %#x payload %q", op, p)
 		}
 		if !fin {
 			continue
 		}
 		var m map[string]any
 		if err := json.Unmarshal(msg, &m); err != nil {
-			return nil, fmt.Errorf("testWS: text frame %q is not a JSON object: %w", msg, err)
+			return nil, fmt.Errorf("wstest: text frame %q is not a JSON object: %w", msg, err)
 		}
 		return m, nil
 	}
 }
 
-// next returns the next JSON frame whose "type" is typ, within timeout
-// overall. Frames of other types are appended to c.skipped. A close frame, a
+// Next returns the next JSON frame whose "type" is typ, within timeout
+// overall. Frames of other types are appended to c.Skipped. A close frame, a
 // read error or the timeout fail the test with the frames seen meanwhile.
 // Like t.Fatalf, call it from the test goroutine only.
-func (c *testWS) next(t testing.TB, typ string, timeout time.Duration) map[string]any {
+func (c *Conn) Next(t testing.TB, typ string, timeout time.Duration) map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var seen []string
 	for {
-		m, err := c.tcReadJSON(deadline)
+		m, err := c.readJSON(deadline)
 		if err != nil {
 			t.Fatalf("waiting %v for a %q frame: %v; frames skipped meanwhile: %v", timeout, typ, err, seen)
 			return nil
@@ -405,31 +404,31 @@ func (c *testWS) next(t testing.TB, typ string, timeout time.Duration) map[strin
 		if m["type"] == typ {
 			return m
 		}
-		c.skipped = append(c.skipped, m)
+		c.Skipped = append(c.Skipped, m)
 		b, _ := json.Marshal(m)
 		seen = append(seen, string(b))
 	}
 }
 
-// expectClose reads and discards frames until a close frame arrives and
-// returns its code (1005 if it had none; the reason goes to c.closeReason).
+// ExpectClose reads and discards frames until a close frame arrives and
+// returns its code (1005 if it had none; the reason goes to c.CloseReason).
 // If the connection ends without a close frame it returns 1006. A timeout
 // fails the test. Call it from the test goroutine only.
-func (c *testWS) expectClose(t testing.TB, timeout time.Duration) uint16 {
+func (c *Conn) ExpectClose(t testing.TB, timeout time.Duration) uint16 {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var seen []string
 	for {
-		op, _, p, err := c.tcReadFrame(deadline)
+		op, _, p, err := c.readFrame(deadline)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Fatalf("waiting %v for a close frame: %v; frames seen meanwhile: %v", timeout, err, seen)
 			}
 			return 1006
 		}
-		if op == tcOpClose {
-			ce := tcParseClose(p)
-			c.closeReason = ce.Reason
+		if op == OpClose {
+			ce := parseClose(p)
+			c.CloseReason = ce.Reason
 			return ce.Code
 		}
 		seen = append(seen, fmt.Sprintf("op=%#x %q", op, p))
