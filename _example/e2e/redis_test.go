@@ -20,8 +20,7 @@ import (
 // relaying.
 func TestTwoProcessesRealRedis(t *testing.T) {
 	rs := redistest.Start(t)
-	redisAddr := rs.Addr
-	redisURL := "redis://" + redisAddr
+	redisURL := "redis://" + rs.Addr
 	addrA, addrB := demotest.FreeAddr(t), demotest.FreeAddr(t)
 	a := demotest.Start(t, "A", []string{addrA}, "-redis", redisURL, "-rate-limit", "0")
 	demotest.Start(t, "B", []string{addrB}, "-redis", redisURL)
@@ -29,7 +28,7 @@ func TestTwoProcessesRealRedis(t *testing.T) {
 	if instA == instB {
 		t.Fatalf("both processes report instance %q", instA)
 	}
-	t.Logf("process A: %s on %s, process B: %s on %s, redis %s", instA, addrA, instB, addrB, redisAddr)
+	t.Logf("process A: %s on %s, process B: %s on %s, redis %s", instA, addrA, instB, addrB, rs.Addr)
 
 	room := fmt.Sprintf("e2e-%06x", rand.IntN(1<<24))
 	wsURL := func(addr, user string) string {
