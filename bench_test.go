@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/chatrelay/chat/internal/redistest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -279,7 +280,7 @@ func BenchmarkPublishPath(b *testing.B) {
 		benchPublishPath(b, mr.Addr())
 	})
 	b.Run("redis-server", func(b *testing.B) {
-		rs := startRedisServer(b) // skips where redis-server is missing
+		rs := redistest.Start(b) // skips where redis-server is missing
 		benchPublishPath(b, rs.Addr)
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/chatrelay/chat/internal/wstest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -30,7 +32,7 @@ func TestRelayAcrossInstances(t *testing.T) {
 		alice := ins[0].connect(t, "room=lobby&user=alice")
 		bob := ins[1].connect(t, "room=lobby&user=bob")
 		carol := ins[2].connect(t, "room=lobby&user=carol")
-		must(t, alice.sendJSON(msgFrame("lobby", "hello <b>everyone</b> \u2028 é", "c1")))
+		must(t, alice.SendJSON(msgFrame("lobby", "hello <b>everyone</b> \u2028 é", "c1")))
 
 		relayed, err := spy.ReceiveMessage(ctx)
 		must(t, err)
@@ -45,8 +47,8 @@ func TestRelayAcrossInstances(t *testing.T) {
 				t.Fatalf("published frame has no %s: %s", id, relayed.Payload)
 			}
 		}
-		for name, c := range map[string]*testWS{"alice (sender)": alice, "bob": bob, "carol": carol} {
-			got := c.next(t, "message", wait)
+		for name, c := range map[string]*wstest.Conn{"alice (sender)": alice, "bob": bob, "carol": carol} {
+			got := c.Next(t, "message", wait)
 			if fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("%s got %v, want the Redis-relayed frame %v", name, got, want)
 			}
@@ -59,11 +61,9 @@ func TestRelayAcrossInstances(t *testing.T) {
 func TestSameOrderOnEveryInstance(t *testing.T) {
 	forEachRedis(t, func(t *testing.T, be *backend) {
 		const instances, perInstance, senders, each = 3, 3, 6, 30
-		var ins []*instance
-		var clients []*testWS
+		var clients []*wstest.Conn
 		for i := 0; i < instances; i++ {
 			in := newInstance(t, be, WithRateLimit(0, 1))
-			ins = append(ins, in)
 			for j := 0; j < perInstance; j++ {
 				clients = append(clients, in.connect(t, fmt.Sprintf("room=race&user=u%d-%d", i, j)))
 			}
@@ -75,7 +75,7 @@ func TestSameOrderOnEveryInstance(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for k := 0; k < each; k++ {
-					if err := c.sendJSON(msgFrame("race", fmt.Sprintf("s%d-%d", s, k), "")); err != nil {
+					if err := c.SendJSON(msgFrame("race", fmt.Sprintf("s%d-%d", s, k), "")); err != nil {
 						t.Errorf("send: %v", err)
 						return
 					}
@@ -87,7 +87,7 @@ func TestSameOrderOnEveryInstance(t *testing.T) {
 		for i, c := range clients {
 			var seq []string
 			for len(seq) < senders*each {
-				m := c.next(t, "message", wait)
+				m := c.Next(t, "message", wait)
 				seq = append(seq, str(m["id"])+"/"+str(m["text"]))
 			}
 			if i == 0 {
@@ -113,157 +113,6 @@ func TestSameOrderOnEveryInstance(t *testing.T) {
 	})
 }
 
-// "joined" means subscribed: a message published the moment a client is
-// told "joined" always reaches it, for rooms that need a fresh SUBSCRIBE.
-func TestJoinedMeansSubscribed(t *testing.T) {
-	forEachRedis(t, func(t *testing.T, be *backend) {
-		in := newInstance(t, be, WithRateLimit(0, 1))
-		other := newInstance(t, be)
-		c := mustDialWS(t, in.url+"?user=eve")
-		ctx := context.Background()
-		for i := 0; i < 40; i++ {
-			room := fmt.Sprintf("fresh-%d", i)
-			must(t, c.sendJSON(map[string]any{"type": "join", "room": room}))
-			c.next(t, "joined", wait)
-			must(t, other.h.Publish(ctx, room, "server", "first words"))
-			if m := c.next(t, "message", wait); m["room"] != room {
-				t.Fatalf("got %v, want the message to %s", m, room)
-			}
-			must(t, c.sendJSON(map[string]any{"type": "leave", "room": room}))
-			c.next(t, "left", wait)
-		}
-	})
-}
-
-// Rooms are isolated; a client in two rooms gets both.
-func TestRoomsAreIsolated(t *testing.T) {
-	forEachRedis(t, func(t *testing.T, be *backend) {
-		a, b := newInstance(t, be), newInstance(t, be)
-		inA := a.connect(t, "room=a&user=ann")
-		inB := b.connect(t, "room=b&user=ben")
-		inBoth := b.connect(t, "room=a&room=b&user=bo")
-		must(t, inA.sendJSON(msgFrame("a", "to a", "")))
-		must(t, inB.sendJSON(msgFrame("b", "to b", "")))
-		// Each single-room client's next message is its own room's; a
-		// message leaking across rooms would arrive first or in between.
-		if m := inA.next(t, "message", wait); m["text"] != "to a" {
-			t.Fatalf("client of a got %v", m)
-		}
-		if m := inB.next(t, "message", wait); m["text"] != "to b" {
-			t.Fatalf("client of b got %v", m)
-		}
-		got := map[string]bool{}
-		for range 2 {
-			got[str(inBoth.next(t, "message", wait)["text"])] = true
-		}
-		if !got["to a"] || !got["to b"] {
-			t.Fatalf("client of both got %v", got)
-		}
-		// Nothing else is queued for the single-room clients.
-		must(t, a.h.Publish(context.Background(), "a", "server", "marker"))
-		if m := inA.next(t, "message", wait); m["text"] != "marker" {
-			t.Fatalf("client of a got %v before the marker", m)
-		}
-	})
-}
-
-// The instance subscribes to a room while it has a local member and
-// unsubscribes when the last one leaves or disconnects.
-func TestSubscriptionFollowsMembers(t *testing.T) {
-	forEachRedis(t, func(t *testing.T, be *backend) {
-		in := newInstance(t, be)
-		rdb := be.client(t)
-		ctx := context.Background()
-		channels := func() []string {
-			chs, err := rdb.PubSubChannels(ctx, "chat:msg:*").Result()
-			must(t, err)
-			slices.Sort(chs)
-			return chs
-		}
-		c1 := in.connect(t, "room=x&user=one")
-		c2 := in.connect(t, "room=x&room=y&user=two")
-		if got := channels(); !slices.Equal(got, []string{"chat:msg:{x}", "chat:msg:{y}"}) {
-			t.Fatalf("subscribed channels = %v", got)
-		}
-		must(t, c2.sendJSON(map[string]any{"type": "leave", "room": "y", "ref": "l1"}))
-		if f := c2.next(t, "left", wait); f["room"] != "y" {
-			t.Fatalf("left frame = %v", f)
-		}
-		eventually(t, wait, "y still subscribed after its last member left", func() bool {
-			return slices.Equal(channels(), []string{"chat:msg:{x}"})
-		})
-		c1.close()
-		must(t, c2.sendJSON(msgFrame("x", "still here", "")))
-		c2.next(t, "message", wait) // x stays: c2 is in it
-		c2.close()
-		eventually(t, wait, "x still subscribed after every member disconnected", func() bool {
-			return len(channels()) == 0
-		})
-	})
-}
-
-// The room key is set on join, refreshed by messages, and expires TTL after
-// the last sign of life (miniredis's clock is moved by hand).
-func TestRoomActivityKey(t *testing.T) {
-	mr := miniredis.RunT(t)
-	be := &backend{addr: mr.Addr(), mr: mr}
-	in := newInstance(t, be)
-	ctx := context.Background()
-	active := func(room string) bool {
-		ok, err := in.h.RoomActive(ctx, room)
-		must(t, err)
-		return ok
-	}
-	if active("quiet") {
-		t.Fatal("a room nobody joined is active")
-	}
-	c := in.connect(t, "room=quiet&user=zed")
-	if !active("quiet") {
-		t.Fatal("room not active once joined")
-	}
-	if ttl := mr.TTL("chat:room:{quiet}"); ttl != 5*time.Minute {
-		t.Fatalf("TTL after join = %v, want 5m", ttl)
-	}
-	mr.FastForward(4 * time.Minute)
-	must(t, c.sendJSON(msgFrame("quiet", "still alive", "")))
-	c.next(t, "message", wait)
-	if ttl := mr.TTL("chat:room:{quiet}"); ttl != 5*time.Minute {
-		t.Fatalf("TTL after a message = %v, want it refreshed to 5m", ttl)
-	}
-	c.close()
-	mr.FastForward(5*time.Minute + time.Second)
-	if active("quiet") {
-		t.Fatal("room still active a TTL after its last sign of life")
-	}
-	if _, err := in.h.RoomActive(ctx, "bad room"); !errors.Is(err, ErrInvalidRoom) {
-		t.Fatalf("RoomActive(bad room) error = %v, want ErrInvalidRoom", err)
-	}
-}
-
-// While an instance holds members, it keeps the room key alive by itself,
-// and the key expires once they are gone (real Redis, real time).
-func TestRoomActivityRefreshedWhileMembersStay(t *testing.T) {
-	be := realRedis(t)
-	const ttl = 2 * time.Second
-	in := newInstance(t, be, WithRoomTTL(ttl))
-	rdb := be.client(t)
-	ctx := context.Background()
-	c := in.connect(t, "room=lasting&user=stay")
-	// Stay silent for two TTLs: only the periodic refresh can keep the key.
-	deadline := time.Now().Add(2 * ttl)
-	for time.Now().Before(deadline) {
-		if n, err := rdb.Exists(ctx, "chat:room:{lasting}").Result(); err != nil || n != 1 {
-			t.Fatalf("room key gone while a member is connected (exists=%d, err=%v)", n, err)
-		}
-		time.Sleep(100 * time.Millisecond) // sampling the key, not synchronising
-	}
-	c.close()
-	eventually(t, 2*ttl, "room key still there a TTL after its last member left", func() bool {
-		n, err := rdb.Exists(ctx, "chat:room:{lasting}").Result()
-		return err == nil && n == 0
-	})
-}
-
 // Publish takes the same path as clients; bad arguments are refused.
 func TestPublish(t *testing.T) {
 	forEachRedis(t, func(t *testing.T, be *backend) {
@@ -271,7 +120,7 @@ func TestPublish(t *testing.T) {
 		c := in.connect(t, "room=news&user=reader")
 		ctx := context.Background()
 		must(t, in.h.Publish(ctx, "news", "editor", "extra!"))
-		m := c.next(t, "message", wait)
+		m := c.Next(t, "message", wait)
 		if m["user"] != "editor" || m["text"] != "extra!" || m["instance"] != in.h.InstanceID() {
 			t.Fatalf("got %v", m)
 		}
@@ -289,7 +138,7 @@ func TestPublish(t *testing.T) {
 				t.Errorf("Publish(%q, %q, %d bytes) = %v, want %v", tc.room, tc.user, len(tc.text), err, tc.want)
 			}
 		}
-		c.close()
+		c.Close()
 		must(t, in.h.Shutdown(ctx))
 		if err := in.h.Publish(ctx, "news", "editor", "late"); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Publish after Shutdown = %v, want ErrClosed", err)
@@ -301,13 +150,13 @@ func TestPublish(t *testing.T) {
 func TestShutdown(t *testing.T) {
 	forEachRedis(t, func(t *testing.T, be *backend) {
 		a, b := newInstance(t, be), newInstance(t, be)
-		var cs []*testWS
+		var cs []*wstest.Conn
 		for i := 0; i < 5; i++ {
 			cs = append(cs, a.connect(t, fmt.Sprintf("room=r%d&room=common&user=u%d", i, i)))
 		}
 		peer := b.connect(t, "room=common&user=peer")
-		must(t, cs[0].sendJSON(msgFrame("common", "before shutdown", "")))
-		peer.next(t, "message", wait)
+		must(t, cs[0].SendJSON(msgFrame("common", "before shutdown", "")))
+		peer.Next(t, "message", wait)
 
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -315,10 +164,10 @@ func TestShutdown(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- a.h.Shutdown(ctx) }()
 		for i, c := range cs {
-			if code := c.expectClose(t, wait); code != 1001 {
+			if code := c.ExpectClose(t, wait); code != 1001 {
 				t.Errorf("client %d: close code %d, want 1001", i, code)
 			}
-			must(t, c.sendClose(1001, "")) // as a browser answers
+			must(t, c.SendClose(1001, "")) // as a browser answers
 		}
 		must(t, <-done)
 		// Answered closes end the connections at once, well before the
@@ -326,14 +175,14 @@ func TestShutdown(t *testing.T) {
 		if d := time.Since(start); d > a.h.cfg.closeGrace/2 {
 			t.Errorf("Shutdown took %v although every client answered the close", d)
 		}
-		if _, status, _ := dialWS(t, a.url+"?room=late", nil); status != 503 {
+		if _, status, _ := wstest.Dial(t, a.url+"?room=late", nil); status != 503 {
 			t.Errorf("connect after Shutdown: status %d, want 503", status)
 		}
 		go func() { done <- b.h.Shutdown(ctx) }()
-		if code := peer.expectClose(t, wait); code != 1001 {
+		if code := peer.ExpectClose(t, wait); code != 1001 {
 			t.Errorf("peer: close code %d, want 1001", code)
 		}
-		must(t, peer.sendClose(1001, ""))
+		must(t, peer.SendClose(1001, ""))
 		must(t, <-done)
 		noGoroutinesLeft(t)
 	})
@@ -342,8 +191,7 @@ func TestShutdown(t *testing.T) {
 // A Shutdown whose context ends drops the connections that did not answer
 // the close, and still leaves no goroutine behind.
 func TestShutdownDeadline(t *testing.T) {
-	mr := miniredis.RunT(t)
-	in := newInstance(t, &backend{addr: mr.Addr(), mr: mr})
+	in := newInstance(t, miniBackend(t))
 	c := in.connect(t, "room=stuck&user=mute")
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -369,9 +217,9 @@ func TestClusterClient(t *testing.T) {
 	b := newInstanceWith(t, cluster(), cluster())
 	ca := a.connect(t, "room=shard&user=a")
 	cb := b.connect(t, "room=shard&user=b")
-	must(t, ca.sendJSON(msgFrame("shard", "across the cluster", "")))
-	for _, c := range []*testWS{ca, cb} {
-		if m := c.next(t, "message", wait); m["text"] != "across the cluster" {
+	must(t, ca.SendJSON(msgFrame("shard", "across the cluster", "")))
+	for _, c := range []*wstest.Conn{ca, cb} {
+		if m := c.Next(t, "message", wait); m["text"] != "across the cluster" {
 			t.Fatalf("got %v", m)
 		}
 	}
@@ -405,12 +253,114 @@ func TestPublishAfterScriptFlush(t *testing.T) {
 	forEachRedis(t, func(t *testing.T, be *backend) {
 		in := newInstance(t, be)
 		c := in.connect(t, "room=flush&user=f")
-		must(t, c.sendJSON(msgFrame("flush", "before", "")))
-		c.next(t, "message", wait)
+		must(t, c.SendJSON(msgFrame("flush", "before", "")))
+		c.Next(t, "message", wait)
 		must(t, be.client(t).ScriptFlush(context.Background()).Err())
-		must(t, c.sendJSON(msgFrame("flush", "after", "r2")))
-		if m := c.next(t, "message", wait); m["ref"] != "r2" {
+		must(t, c.SendJSON(msgFrame("flush", "after", "r2")))
+		if m := c.Next(t, "message", wait); m["ref"] != "r2" {
 			t.Fatalf("after SCRIPT FLUSH: %v", m)
 		}
 	})
+}
+
+// Cross-origin upgrades are refused unless allowed; clients that send no
+// Origin (not browsers) and same-host pages are accepted.
+func TestOriginCheck(t *testing.T) {
+	in := newInstance(t, miniBackend(t), WithAllowedOrigins("https://app.example.com"))
+	host := strings.TrimPrefix(in.srv.URL, "http://")
+	for origin, want := range map[string]int{
+		"":                             101,
+		"http://" + host:               101,
+		"https://app.example.com":      101,
+		"https://APP.example.com":      101,
+		"https://evil.example":         403,
+		"https://app.example.com.evil": 403,
+		"null":                         403,
+		"::not a url":                  403,
+	} {
+		hdr := http.Header{}
+		if origin != "" {
+			hdr.Set("Origin", origin)
+		}
+		c, status, _ := wstest.Dial(t, in.url+"?room=o", hdr)
+		if status != want {
+			t.Errorf("Origin %q: status %d, want %d", origin, status, want)
+		}
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+// A bad query is accepted as a WebSocket and then closed with 1008 and a
+// reason naming the problem: a browser cannot read a refused handshake.
+// Requests that cannot be a WebSocket at all get plain HTTP errors.
+func TestBadQueryClosesWith1008(t *testing.T) {
+	in := newInstance(t, miniBackend(t), WithMaxRooms(2))
+	for query, reason := range map[string]string{
+		"room=bad%20room":      "invalid room name",
+		"user=%07bell":         "invalid user name",
+		"room=a&room=b&room=c": "too many rooms",
+	} {
+		c, status, err := wstest.Dial(t, in.url+"?"+query, nil)
+		if status != 101 {
+			t.Errorf("?%s: status %d (%v), want 101 then close 1008", query, status, err)
+			continue
+		}
+		if code := c.ExpectClose(t, wait); code != 1008 || !strings.Contains(c.CloseReason, reason) {
+			t.Errorf("?%s: close %d %q, want 1008 naming %q", query, code, c.CloseReason, reason)
+		}
+		c.Close()
+	}
+	if in.h.Stats().Rooms != 0 {
+		t.Errorf("a refused connection joined rooms: %+v", in.h.Stats())
+	}
+	// Duplicates count once: two distinct rooms are within the limit.
+	in.connect(t, "room=a&room=a&room=b").Close()
+
+	resp, err := http.Get(in.srv.URL + "/chat")
+	must(t, err)
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Errorf("plain GET: status %d, want 400", resp.StatusCode)
+	}
+	resp, err = http.Post(in.srv.URL+"/chat", "text/plain", nil)
+	must(t, err)
+	resp.Body.Close()
+	if resp.StatusCode != 405 {
+		t.Errorf("POST: status %d, want 405", resp.StatusCode)
+	}
+}
+
+// The authenticate hook runs before the upgrade: an error is a 401, and
+// the user it returns is the one on messages, whatever the query says.
+func TestAuthenticateHook(t *testing.T) {
+	in := newInstance(t, miniBackend(t), WithAuthenticate(func(r *http.Request) (string, error) {
+		if r.Header.Get("Cookie") != "session=carol" {
+			return "", errors.New("no session")
+		}
+		return "carol", nil
+	}))
+	if _, status, _ := wstest.Dial(t, in.url+"?room=auth&user=carol", nil); status != 401 {
+		t.Fatalf("no session: status %d, want 401", status)
+	}
+	c, status, err := wstest.Dial(t, in.url+"?room=auth&user=mallory", http.Header{"Cookie": {"session=carol"}})
+	if status != 101 {
+		t.Fatalf("with session: status %d (%v), want 101", status, err)
+	}
+	c.Next(t, "joined", wait)
+	must(t, c.SendJSON(msgFrame("auth", "it's me", "")))
+	if m := c.Next(t, "message", wait); m["user"] != "carol" {
+		t.Fatalf("message user = %v, want the hook's carol", m["user"])
+	}
+}
+
+// A user without a name gets an anonymous one.
+func TestAnonymousUser(t *testing.T) {
+	in := newInstance(t, miniBackend(t))
+	c := in.connect(t, "room=anon")
+	must(t, c.SendJSON(msgFrame("anon", "who am I", "")))
+	if u := str(c.Next(t, "message", wait)["user"]); !strings.HasPrefix(u, "anon-") || !validUser(u) {
+		t.Fatalf("user = %q, want anon-<random>", u)
+	}
 }

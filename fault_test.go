@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatrelay/chat/internal/proxytest"
+	"github.com/chatrelay/chat/internal/wstest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -17,18 +19,18 @@ func TestRedisKilledAndRestarted(t *testing.T) {
 	a, b := newInstance(t, be), newInstance(t, be)
 	ca := a.connect(t, "room=fault&user=ann")
 	cb := b.connect(t, "room=fault&user=ben")
-	must(t, ca.sendJSON(msgFrame("fault", "before", "")))
-	for _, c := range []*testWS{ca, cb} {
-		c.next(t, "message", wait)
+	must(t, ca.SendJSON(msgFrame("fault", "before", "")))
+	for _, c := range []*wstest.Conn{ca, cb} {
+		c.Next(t, "message", wait)
 	}
 
 	be.real.Kill(t)
-	must(t, ca.sendJSON(msgFrame("fault", "into the void", "lost-1")))
-	if e := ca.next(t, "error", 2*a.h.cfg.publishTimeout); e["code"] != codeUnavailable || e["ref"] != "lost-1" {
+	must(t, ca.SendJSON(msgFrame("fault", "into the void", "lost-1")))
+	if e := ca.Next(t, "error", 2*a.h.cfg.publishTimeout); e["code"] != codeUnavailable || e["ref"] != "lost-1" {
 		t.Fatalf("send while Redis is down: %v, want unavailable with ref lost-1", e)
 	}
-	must(t, cb.sendJSON(map[string]any{"type": "join", "room": "newroom", "ref": "j1"}))
-	if e := cb.next(t, "error", a.h.cfg.subscribeTimeout+3*time.Second); e["code"] != codeUnavailable || e["ref"] != "j1" {
+	must(t, cb.SendJSON(map[string]any{"type": "join", "room": "newroom", "ref": "j1"}))
+	if e := cb.Next(t, "error", a.h.cfg.subscribeTimeout+3*time.Second); e["code"] != codeUnavailable || e["ref"] != "j1" {
 		t.Fatalf("join while Redis is down: %v, want unavailable with ref j1", e)
 	}
 	if err := a.h.Publish(context.Background(), "fault", "server", "nobody"); !errors.Is(err, ErrUnavailable) {
@@ -37,25 +39,25 @@ func TestRedisKilledAndRestarted(t *testing.T) {
 
 	be.real.Restart(t)
 	restarted := time.Now()
-	for _, c := range []*testWS{ca, cb} {
-		if f := c.next(t, "joined", 10*time.Second); f["room"] != "fault" || f["resumed"] != true {
+	for _, c := range []*wstest.Conn{ca, cb} {
+		if f := c.Next(t, "joined", 10*time.Second); f["room"] != "fault" || f["resumed"] != true {
 			t.Fatalf("after the restart: %v, want joined fault resumed", f)
 		}
 	}
 	t.Logf("both instances resubscribed %v after Redis came back", time.Since(restarted).Round(time.Millisecond))
-	must(t, cb.sendJSON(msgFrame("fault", "after", "back")))
-	for _, c := range []*testWS{ca, cb} {
-		if m := c.next(t, "message", wait); m["text"] != "after" {
+	must(t, cb.SendJSON(msgFrame("fault", "after", "back")))
+	for _, c := range []*wstest.Conn{ca, cb} {
+		if m := c.Next(t, "message", wait); m["text"] != "after" {
 			t.Fatalf("after the restart: %v", m)
 		}
 	}
-	must(t, cb.sendJSON(map[string]any{"type": "join", "room": "newroom"}))
-	cb.next(t, "joined", wait)
+	must(t, cb.SendJSON(map[string]any{"type": "join", "room": "newroom"}))
+	cb.Next(t, "joined", wait)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ca.close()
-	cb.close()
+	ca.Close()
+	cb.Close()
 	must(t, a.h.Shutdown(ctx))
 	must(t, b.h.Shutdown(ctx))
 	noGoroutinesLeft(t)
@@ -70,8 +72,8 @@ func TestRedisKilledAndRestarted(t *testing.T) {
 // publishing works again, everything does.
 func TestRedisConnectionsFrozen(t *testing.T) {
 	be := realRedis(t)
-	pubProxy, subProxy := startTCPProxy(t, be.addr), startTCPProxy(t, be.addr)
-	via := func(p *tcpProxy) *redis.Client {
+	pubProxy, subProxy := proxytest.Start(t, be.addr), proxytest.Start(t, be.addr)
+	via := func(p *proxytest.Proxy) *redis.Client {
 		c := redis.NewClient(&redis.Options{Addr: p.Addr})
 		t.Cleanup(func() { _ = c.Close() })
 		return c
@@ -84,18 +86,18 @@ func TestRedisConnectionsFrozen(t *testing.T) {
 	pubProxy.Freeze()
 	subProxy.FreezeExisting()
 	frozen := time.Now()
-	must(t, ca.sendJSON(msgFrame("ice", "into the ice", "stuck")))
-	must(t, ca.sendJSON(map[string]any{"type": "join", "room": "newice", "ref": "j-new"}))
+	must(t, ca.SendJSON(msgFrame("ice", "into the ice", "stuck")))
+	must(t, ca.SendJSON(map[string]any{"type": "join", "room": "newice", "ref": "j-new"}))
 	// Published by b while a's subscription is silent: lost for a (at
 	// most once), delivered to b's members.
-	must(t, cb.sendJSON(msgFrame("ice", "while frozen", "")))
-	cb.next(t, "message", wait)
+	must(t, cb.SendJSON(msgFrame("ice", "while frozen", "")))
+	cb.Next(t, "message", wait)
 
 	// a's client hears, in any order: the watchdog's resume, the failure
 	// of its stuck send, and an answer to its join.
 	var resumedAfter time.Duration
 	for got := map[string]bool{}; len(got) < 3; {
-		f, err := ca.readJSON(10 * time.Second)
+		f, err := ca.ReadJSON(10 * time.Second)
 		if err != nil {
 			t.Fatalf("while frozen, after %v: %v; had %v", time.Since(frozen), err, got)
 		}
@@ -118,21 +120,21 @@ func TestRedisConnectionsFrozen(t *testing.T) {
 	t.Logf("silent subscription replaced and resubscribed in %v", resumedAfter.Round(time.Millisecond))
 
 	pubProxy.Unfreeze()
-	must(t, ca.sendJSON(msgFrame("ice", "thawed", "")))
-	for _, c := range []*testWS{ca, cb} {
-		m := c.next(t, "message", wait)
+	must(t, ca.SendJSON(msgFrame("ice", "thawed", "")))
+	for _, c := range []*wstest.Conn{ca, cb} {
+		m := c.Next(t, "message", wait)
 		if m["ref"] == "stuck" {
 			// The bytes of the timed-out send were still in flight and
 			// reached Redis once the network thawed: "unavailable" means
 			// not confirmed, and such a late copy arrives once.
-			m = c.next(t, "message", wait)
+			m = c.Next(t, "message", wait)
 		}
 		if m["text"] != "thawed" {
 			t.Fatalf("after the freeze: %v", m)
 		}
 	}
-	ca.close()
-	cb.close()
+	ca.Close()
+	cb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	must(t, a.h.Shutdown(ctx))

@@ -1,5 +1,10 @@
 package chat
 
+// The chat-specific test fixture: Redis backends, chat instances on httptest
+// servers, polling and the goroutine-leak check. Generic test doubles (the
+// WebSocket client, redis-server, the TCP proxy, the demo process) live in
+// internal/.
+
 import (
 	"context"
 	"fmt"
@@ -13,8 +18,14 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/chatrelay/chat/internal/demotest"
+	"github.com/chatrelay/chat/internal/redistest"
+	"github.com/chatrelay/chat/internal/wstest"
 	"github.com/redis/go-redis/v9"
 )
+
+// TestMain removes the demo binary the load test builds.
+func TestMain(m *testing.M) { demotest.Main(m) }
 
 // wait is the generous bound for anything that should happen "at once".
 const wait = 5 * time.Second
@@ -23,26 +34,28 @@ const wait = 5 * time.Second
 type backend struct {
 	addr string
 	mr   *miniredis.Miniredis // set for the embedded one
-	real *redisServer         // set for a real redis-server
+	real *redistest.Server    // set for a real redis-server
 }
 
 // forEachRedis runs fn against miniredis and against a real redis-server
 // that the test starts itself (skipped where the binary is missing, a
 // failure when CHAT_REQUIRE_REDIS=1).
 func forEachRedis(t *testing.T, fn func(t *testing.T, be *backend)) {
-	t.Run("miniredis", func(t *testing.T) {
-		mr := miniredis.RunT(t)
-		fn(t, &backend{addr: mr.Addr(), mr: mr})
-	})
-	t.Run("redis", func(t *testing.T) {
-		rs := startRedisServer(t)
-		fn(t, &backend{addr: rs.Addr, real: rs})
-	})
+	t.Run("miniredis", func(t *testing.T) { fn(t, miniBackend(t)) })
+	t.Run("redis", func(t *testing.T) { fn(t, realRedis(t)) })
 }
 
-// realRedis is for behaviours only a real server can show (faults, timing).
-func realRedis(t *testing.T) *backend {
-	rs := startRedisServer(t)
+// miniBackend is an embedded miniredis, for behaviours that do not depend on
+// the server.
+func miniBackend(t *testing.T) *backend {
+	mr := miniredis.RunT(t)
+	return &backend{addr: mr.Addr(), mr: mr}
+}
+
+// realRedis is for behaviours only a real server can show (faults,
+// timing); args go to redis-server (see redistest.Start).
+func realRedis(t *testing.T, args ...string) *backend {
+	rs := redistest.Start(t, args...)
 	return &backend{addr: rs.Addr, real: rs}
 }
 
@@ -86,9 +99,9 @@ func newInstanceWith(t testing.TB, pub, sub redis.UniversalClient, opts ...Optio
 
 // connect dials the instance with query (e.g. "room=a&user=bob") and waits
 // for a "joined" for every room in it.
-func (in *instance) connect(t testing.TB, query string) *testWS {
+func (in *instance) connect(t testing.TB, query string) *wstest.Conn {
 	t.Helper()
-	c := mustDialWS(t, in.url+"?"+query)
+	c := wstest.MustDial(t, in.url+"?"+query, nil)
 	pending := map[string]bool{}
 	for _, kv := range strings.Split(query, "&") {
 		if room, ok := strings.CutPrefix(kv, "room="); ok {
@@ -96,9 +109,9 @@ func (in *instance) connect(t testing.TB, query string) *testWS {
 		}
 	}
 	for len(pending) > 0 { // rooms may be confirmed in any order
-		delete(pending, str(c.next(t, "joined", wait)["room"]))
+		delete(pending, str(c.Next(t, "joined", wait)["room"]))
 	}
-	c.skipped = nil
+	c.Skipped = nil
 	return c
 }
 
@@ -123,7 +136,8 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 }
 
 // packageGoroutines lists the stacks of running goroutines that are inside
-// the package's own (non-test) code.
+// the package's own (non-test) code: its files in this directory, not the
+// test doubles under internal/.
 func packageGoroutines() []string {
 	_, self, _, _ := runtime.Caller(0)
 	dir := filepath.Dir(self) + "/"
@@ -133,7 +147,8 @@ func packageGoroutines() []string {
 	for _, g := range strings.Split(string(buf), "\n\n") {
 		for _, line := range strings.Split(g, "\n") {
 			line = strings.TrimSpace(line)
-			if strings.HasPrefix(line, dir) && !strings.Contains(line, "_test.go:") {
+			file, ok := strings.CutPrefix(line, dir)
+			if ok && !strings.Contains(file, "/") && !strings.Contains(file, "_test.go:") {
 				ours = append(ours, g)
 				break
 			}

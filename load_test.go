@@ -8,16 +8,15 @@ package chat
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/chatrelay/chat/internal/demotest"
+	"github.com/chatrelay/chat/internal/wstest"
 )
 
 // 10,000 connections over two instances, in 1,000 rooms of 10 with members
@@ -26,7 +25,7 @@ import (
 // connection stays small and does not grow with messaging; once everyone
 // left, the instances hold no subscription.
 //
-// The two instances run in a child process (the demo, built here), so that
+// The two instances run in a child process (the demo, see demotest), so that
 // each process keeps its 10,000 descriptors under the usual limit of 20,000,
 // and the servers' memory is their real RSS.
 func TestLoad10kConnections(t *testing.T) {
@@ -37,11 +36,12 @@ func TestLoad10kConnections(t *testing.T) {
 	const rooms = conns / roomSize
 	raiseFileLimit(t, conns+1000)
 	be := realRedis(t)
-	demo := startDemo(t, be.addr, 2)
-	baseline := demo.rss(t)
+	addrs := []string{demotest.FreeAddr(t), demotest.FreeAddr(t)}
+	demo := demotest.Start(t, "load", addrs, "-redis", "redis://"+be.addr, "-rate-limit", "0")
+	baseline := rss(t, demo)
 
 	start := time.Now()
-	clients := make([]*testWS, conns)
+	clients := make([]*wstest.Conn, conns)
 	var wg sync.WaitGroup
 	errs := make(chan error, conns)
 	next := make(chan int)
@@ -51,11 +51,11 @@ func TestLoad10kConnections(t *testing.T) {
 			defer wg.Done()
 			for i := range next {
 				room := i / roomSize
-				url := fmt.Sprintf("%s?room=load-%d&user=u%d", demo.urls[(i+room)%2], room, i)
-				c, _, err := dialWS(t, url, nil)
+				url := fmt.Sprintf("ws://%s/chat?room=load-%d&user=u%d", addrs[(i+room)%2], room, i)
+				c, _, err := wstest.Dial(t, url, nil)
 				if err == nil {
 					var f map[string]any
-					f, err = c.readJSON(30 * time.Second)
+					f, err = c.ReadJSON(30 * time.Second)
 					if err == nil && f["type"] != "joined" {
 						err = fmt.Errorf("client %d: first frame %v", i, f)
 					}
@@ -77,7 +77,7 @@ func TestLoad10kConnections(t *testing.T) {
 	for err := range errs {
 		t.Fatalf("connect: %v", err)
 	}
-	connected := demo.rss(t)
+	connected := rss(t, demo)
 	perConn := float64(connected-baseline) / conns
 	t.Logf("%d connections joined %d rooms in %v; server RSS %d -> %d KiB, %.1f KiB per connection",
 		conns, rooms, time.Since(start).Round(time.Millisecond), baseline, connected, perConn)
@@ -95,7 +95,7 @@ func TestLoad10kConnections(t *testing.T) {
 			go func() {
 				sender := i / roomSize * roomSize
 				for k := 0; k < perSender; k++ {
-					m, err := c.readJSON(30 * time.Second)
+					m, err := c.ReadJSON(30 * time.Second)
 					if err == nil && (m["type"] != "message" || m["text"] != text(sender, k)) {
 						err = fmt.Errorf("round %d, client %d: message %d is %v", round, i, k, m)
 					}
@@ -111,7 +111,7 @@ func TestLoad10kConnections(t *testing.T) {
 			sender := clients[r*roomSize]
 			go func() {
 				for k := 0; k < perSender; k++ {
-					if err := sender.sendJSON(msgFrame(fmt.Sprintf("load-%d", r), text(r*roomSize, k), "")); err != nil {
+					if err := sender.SendJSON(msgFrame(fmt.Sprintf("load-%d", r), text(r*roomSize, k), "")); err != nil {
 						results <- err
 						return
 					}
@@ -136,7 +136,7 @@ func TestLoad10kConnections(t *testing.T) {
 	var atSettled, last uint64
 	for round := 1; round <= rounds; round++ {
 		chatRound(round)
-		last = demo.rss(t)
+		last = rss(t, demo)
 		if round == settled {
 			atSettled = last
 		}
@@ -150,7 +150,7 @@ func TestLoad10kConnections(t *testing.T) {
 	}
 
 	for _, c := range clients {
-		c.close()
+		c.Close()
 	}
 	rdb := be.client(t)
 	eventually(t, 30*time.Second, "rooms still subscribed after every client left", func() bool {
@@ -159,59 +159,9 @@ func TestLoad10kConnections(t *testing.T) {
 	})
 }
 
-// demoProcess is the demo server running as a child process.
-type demoProcess struct {
-	urls []string // ws://…/chat, one per instance
-	cmd  *exec.Cmd
-}
-
-// startDemo builds the demo and runs n instances of it in one child process
-// against the Redis at redisAddr, with no rate limit.
-func startDemo(t *testing.T, redisAddr string, n int) *demoProcess {
-	bin := filepath.Join(t.TempDir(), "demo")
-	if out, err := exec.Command("go", "build", "-o", bin, "./_example").CombinedOutput(); err != nil {
-		t.Fatalf("go build ./_example: %v\n%s", err, out)
-	}
-	var addrs []string
-	d := &demoProcess{}
-	for i := 0; i < n; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		must(t, err)
-		addrs = append(addrs, ln.Addr().String())
-		ln.Close()
-		d.urls = append(d.urls, "ws://"+addrs[i]+"/chat")
-	}
-	logPath := filepath.Join(t.TempDir(), "demo.log")
-	logFile, err := os.Create(logPath)
-	must(t, err)
-	d.cmd = exec.Command(bin, "-addr", strings.Join(addrs, ","), "-redis", "redis://"+redisAddr, "-rate-limit", "0")
-	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
-	must(t, d.cmd.Start())
-	t.Cleanup(func() {
-		_ = d.cmd.Process.Signal(syscall.SIGTERM)
-		_ = d.cmd.Wait()
-		logFile.Close()
-		if t.Failed() {
-			out, _ := os.ReadFile(logPath)
-			t.Logf("demo log (tail):\n%s", tail(string(out), 3000))
-		}
-	})
-	for _, addr := range addrs {
-		eventually(t, 30*time.Second, "demo not healthy at "+addr, func() bool {
-			resp, err := http.Get("http://" + addr + "/healthz")
-			if err != nil {
-				return false
-			}
-			resp.Body.Close()
-			return resp.StatusCode == 200
-		})
-	}
-	return d
-}
-
-// rss is the child's resident memory in KiB, after the dust settles.
-func (d *demoProcess) rss(t *testing.T) uint64 {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+// rss is the demo's resident memory in KiB, after the dust settles.
+func rss(t *testing.T, d *demotest.Demo) uint64 {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.PID()))
 	must(t, err)
 	for _, line := range strings.Split(string(status), "\n") {
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
@@ -222,13 +172,6 @@ func (d *demoProcess) rss(t *testing.T) uint64 {
 	}
 	t.Fatal("no VmRSS in /proc status")
 	return 0
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
 }
 
 // raiseFileLimit makes room for n open files, raising the hard limit too

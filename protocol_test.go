@@ -2,12 +2,10 @@ package chat
 
 import (
 	"encoding/json"
-	"fmt"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/alicebob/miniredis/v2"
+	"github.com/chatrelay/chat/internal/wstest"
 )
 
 // Every bad input of the protocol gets its error code, with the frame's ref
@@ -37,33 +35,33 @@ func TestBadInputGetsErrorFrames(t *testing.T) {
 			{"leave not joined", `{"type":"leave","room":"elsewhere","ref":"r9"}`, codeNotJoined, "r9"},
 			{"too large", `{"type":"message","room":"ok","text":"` + long + `","ref":"r10"}`, codeTooLarge, "r10"},
 		} {
-			must(t, c.sendText(tc.frame))
-			e := c.next(t, "error", wait)
+			must(t, c.SendText(tc.frame))
+			e := c.Next(t, "error", wait)
 			if e["code"] != tc.code || str(e["ref"]) != str(orNil(tc.ref)) || e["message"] == "" {
 				t.Errorf("%s: got %v, want code %s ref %q", tc.name, e, tc.code, tc.ref)
 			}
 		}
 		// A binary frame is refused with bad_request too.
-		must(t, c.sendFrame(0x2, []byte{0, 1, 2}, true))
-		if e := c.next(t, "error", wait); e["code"] != codeBadRequest {
+		must(t, c.SendFrame(wstest.OpBinary, []byte{0, 1, 2}, true))
+		if e := c.Next(t, "error", wait); e["code"] != codeBadRequest {
 			t.Errorf("binary frame: got %v", e)
 		}
 		// Too many rooms: the connection is in "ok", may join one more.
-		must(t, c.sendJSON(map[string]any{"type": "join", "room": "second"}))
-		c.next(t, "joined", wait)
-		must(t, c.sendJSON(map[string]any{"type": "join", "room": "third", "ref": "j3"}))
-		if e := c.next(t, "error", wait); e["code"] != codeTooManyRooms || e["ref"] != "j3" {
+		must(t, c.SendJSON(map[string]any{"type": "join", "room": "second"}))
+		c.Next(t, "joined", wait)
+		must(t, c.SendJSON(map[string]any{"type": "join", "room": "third", "ref": "j3"}))
+		if e := c.Next(t, "error", wait); e["code"] != codeTooManyRooms || e["ref"] != "j3" {
 			t.Errorf("third room: got %v", e)
 		}
 		// After all that the connection still works, and a spoofed
 		// identity in a frame is ignored.
-		must(t, c.sendText(`{"type":"message","room":"ok","text":"exactly 4096","user":"admin","instance":"fake","id":"x","ts":1,"ref":"last"}`))
-		m := c.next(t, "message", wait)
+		must(t, c.SendText(`{"type":"message","room":"ok","text":"exactly 4096","user":"admin","instance":"fake","id":"x","ts":1,"ref":"last"}`))
+		m := c.Next(t, "message", wait)
 		if m["user"] != "tester" || m["instance"] != in.h.InstanceID() || m["id"] == "x" || m["ts"] == 1.0 || m["ref"] != "last" {
 			t.Fatalf("message = %v: spoofed fields leaked or connection broken", m)
 		}
-		must(t, c.sendJSON(msgFrame("ok", strings.Repeat("é", 2048), "max"))) // 4096 bytes: allowed
-		if m := c.next(t, "message", wait); m["ref"] != "max" {
+		must(t, c.SendJSON(msgFrame("ok", strings.Repeat("é", 2048), "max"))) // 4096 bytes: allowed
+		if m := c.Next(t, "message", wait); m["ref"] != "max" {
 			t.Fatalf("a text of exactly the limit was not relayed: %v", m)
 		}
 	})
@@ -74,33 +72,6 @@ func orNil(s string) any {
 		return nil
 	}
 	return s
-}
-
-// Over the rate limit, frames are refused with rate_limited; the connection
-// stays and works again once tokens come back.
-func TestRateLimit(t *testing.T) {
-	mr := miniredis.RunT(t)
-	in := newInstance(t, &backend{addr: mr.Addr(), mr: mr}, WithRateLimit(10, 3))
-	c := in.connect(t, "room=calm&user=chatty")
-	for i := 0; i < 5; i++ {
-		must(t, c.sendJSON(msgFrame("calm", "spam", str(i))))
-	}
-	got := map[string]string{}
-	for len(got) < 5 {
-		f, err := c.readJSON(wait)
-		must(t, err)
-		got[str(f["ref"])] = str(f["type"]) + "/" + str(f["code"])
-	}
-	want := map[string]string{"0": "message/<nil>", "1": "message/<nil>", "2": "message/<nil>",
-		"3": "error/rate_limited", "4": "error/rate_limited"}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("replies = %v, want %v (a burst of 3)", got, want)
-	}
-	time.Sleep(150 * time.Millisecond) // the behaviour under test: refill at 10/s
-	must(t, c.sendJSON(msgFrame("calm", "later", "5")))
-	if m := c.next(t, "message", wait); m["ref"] != "5" {
-		t.Fatalf("after the refill: %v", m)
-	}
 }
 
 func TestUserAndRoomValidation(t *testing.T) {

@@ -2,6 +2,7 @@ package chat
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -41,10 +42,11 @@ type publishOutcome interface {
 
 // publishRequest is one message waiting in a lane.
 type publishRequest struct {
-	room    string
-	frame   []byte // the encoded message frame, as every member will receive it
-	ref     string // the sender's ref, handed back with the outcome
-	outcome publishOutcome
+	room     string
+	frame    []byte // the encoded message frame, as every member will receive it
+	ref      string // the sender's ref, handed back with the outcome
+	outcome  publishOutcome
+	deadline time.Time // the sender hears an outcome by then
 }
 
 // publisher sends messages to Redis through the pub client. It stamps each
@@ -61,7 +63,7 @@ type publisher struct {
 	stats   *counters
 
 	seq    atomic.Uint64 // message IDs are origin-seq
-	lanes  [publishLanes]chan *publishRequest
+	lanes  [publishLanes]*lane
 	stop   context.CancelFunc
 	closed chan struct{} // closed when the lanes' goroutines have returned
 	wg     sync.WaitGroup
@@ -77,7 +79,7 @@ func newPublisher(client redis.UniversalClient, keys keyspace, origin string, cf
 		closed: make(chan struct{}),
 	}
 	for i := range p.lanes {
-		p.lanes[i] = make(chan *publishRequest, maxPublishBatch)
+		p.lanes[i] = newLane(p)
 	}
 	return p
 }
@@ -86,8 +88,8 @@ func newPublisher(client redis.UniversalClient, keys keyspace, origin string, cf
 func (p *publisher) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stop = cancel
-	for _, lane := range p.lanes {
-		p.wg.Go(func() { p.drain(ctx, lane) })
+	for _, l := range p.lanes {
+		p.wg.Go(func() { l.drain(ctx) })
 	}
 }
 
@@ -119,9 +121,12 @@ func (p *publisher) message(room, user, text, ref string) []byte {
 // Redis; outcome hears the result. It blocks only while the lane is full,
 // which slows the sender down, or until ctx ends.
 func (p *publisher) send(ctx context.Context, lane int, room, user, text, ref string, outcome publishOutcome) {
-	req := &publishRequest{room: room, frame: p.message(room, user, text, ref), ref: ref, outcome: outcome}
+	req := &publishRequest{
+		room: room, frame: p.message(room, user, text, ref), ref: ref, outcome: outcome,
+		deadline: time.Now().Add(p.timeout),
+	}
 	select {
-	case p.lanes[lane] <- req:
+	case p.lanes[lane].queue <- req:
 	case <-ctx.Done():
 	}
 }
@@ -137,10 +142,10 @@ func (p *publisher) publish(ctx context.Context, room, user, text string) error 
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	done := make(resultChan, 1) // buffered: the lane never waits
-	req := &publishRequest{room: room, frame: p.message(room, user, text, ""), outcome: done}
+	req := &publishRequest{room: room, frame: p.message(room, user, text, ""), outcome: done, deadline: time.Now().Add(p.timeout)}
 	var err error
 	select {
-	case p.lanes[rand.IntN(publishLanes)] <- req:
+	case p.lanes[rand.IntN(publishLanes)].queue <- req:
 		select {
 		case err = <-done:
 		case <-ctx.Done():
@@ -159,49 +164,122 @@ func (p *publisher) publish(ctx context.Context, room, user, text string) error 
 	return nil
 }
 
-// drain is one lane: it sends whatever is queued, up to maxPublishBatch
-// messages, as one pipeline, and reports each message's outcome.
-func (p *publisher) drain(ctx context.Context, lane <-chan *publishRequest) {
-	batch := make([]*publishRequest, 0, maxPublishBatch)
+// lane is one queue of messages and the goroutine that sends them.
+//
+// go-redis bounds a command by the client's own socket timeouts (its
+// ReadTimeout, 3 s by default, or none), not by a context's deadline, unless
+// the client was built with ContextTimeoutEnabled; and the Handler gets
+// clients it did not build. So the lane keeps the publish timeout itself:
+// when Redis has not answered a pipeline by its oldest message's deadline,
+// the stall timer answers the whole batch "unavailable" and refuses,
+// without sending, every message that queues meanwhile, until Redis
+// answers. A sender hears within the publish timeout, whatever the client.
+type lane struct {
+	p     *publisher
+	queue chan *publishRequest
+	batch []*publishRequest // the messages in flight; read by refuse while stalled
+
+	stall   *time.Timer   // runs refuse; armed while a pipeline is out
+	unstuck chan struct{} // the pipeline returned: refuse stops
+	refused chan struct{} // refuse has stopped
+}
+
+func newLane(p *publisher) *lane {
+	l := &lane{
+		p:       p,
+		queue:   make(chan *publishRequest, maxPublishBatch),
+		batch:   make([]*publishRequest, 0, maxPublishBatch),
+		unstuck: make(chan struct{}, 1),
+		refused: make(chan struct{}, 1),
+	}
+	l.stall = time.AfterFunc(time.Hour, l.refuse)
+	l.stall.Stop()
+	return l
+}
+
+// errStalled is the outcome of messages that Redis did not answer in time.
+var errStalled = errors.New("Redis did not answer within the publish timeout")
+
+// drain sends whatever is queued, up to maxPublishBatch messages, as one
+// pipeline, and reports each message's outcome.
+func (l *lane) drain(ctx context.Context) {
+	p := l.p
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case req := <-lane:
-			batch = append(batch, req)
+		case req := <-l.queue:
+			l.batch = append(l.batch, req)
 		}
 	more:
-		for len(batch) < maxPublishBatch {
+		for len(l.batch) < maxPublishBatch {
 			select {
-			case req := <-lane:
-				batch = append(batch, req)
+			case req := <-l.queue:
+				l.batch = append(l.batch, req)
 			default:
 				break more
 			}
 		}
+		l.stall.Reset(time.Until(l.batch[0].deadline))
 		// A batch taken is finished, even during Shutdown.
-		errs := p.pipeline(context.WithoutCancel(ctx), batch)
+		errs := p.pipeline(context.WithoutCancel(ctx), l.batch)
+		stalled := !l.stall.Stop()
+		if stalled {
+			l.unstuck <- struct{}{}
+			<-l.refused
+		}
 		var failed int
 		var firstErr error
-		for i, req := range batch {
+		for i, req := range l.batch {
 			err := errs[i]
 			if err != nil {
 				if failed == 0 {
 					firstErr = err
 				}
 				failed++
-				err = fmt.Errorf("%w: publish to %s: %v", ErrUnavailable, req.room, err)
 			}
-			req.outcome.published(req.ref, err)
+			if !stalled { // else refuse answered already
+				req.outcome.published(req.ref, wrapUnavailable(req.room, err))
+			}
 		}
-		p.stats.messagesPublished.Add(uint64(len(batch) - failed))
+		p.stats.messagesPublished.Add(uint64(len(l.batch) - failed))
 		if failed > 0 {
 			p.stats.redisErrors.Add(uint64(failed))
 			p.log.Warn("publish failed; senders told", "messages", failed, "err", firstErr)
 		}
-		clear(batch)
-		batch = batch[:0]
+		clear(l.batch)
+		l.batch = l.batch[:0]
 	}
+}
+
+// refuse runs on the stall timer's goroutine while drain waits for Redis:
+// it answers the batch in flight, then every message queued until the
+// pipeline returns, "unavailable". Those queued are dropped unsent; the
+// batch may still reach Redis, late: "unavailable" after a timeout means
+// "not confirmed".
+func (l *lane) refuse() {
+	defer func() { l.refused <- struct{}{} }()
+	p := l.p
+	p.log.Warn("Redis did not answer a publish in time; refusing messages until it does", "messages_in_flight", len(l.batch))
+	for _, req := range l.batch {
+		req.outcome.published(req.ref, wrapUnavailable(req.room, errStalled))
+	}
+	for {
+		select {
+		case req := <-l.queue:
+			p.stats.redisErrors.Add(1)
+			req.outcome.published(req.ref, wrapUnavailable(req.room, errStalled))
+		case <-l.unstuck:
+			return
+		}
+	}
+}
+
+func wrapUnavailable(room string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: publish to %s: %v", ErrUnavailable, room, err)
 }
 
 // pipeline runs the publish script for every message of batch in one

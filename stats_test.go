@@ -15,17 +15,17 @@ func TestStatsCount(t *testing.T) {
 		alice := in.connect(t, "room=lobby&user=alice")
 		bob := in.connect(t, "room=lobby&room=side&user=bob")
 
-		must(t, alice.sendJSON(msgFrame("lobby", "hi", "m1")))
-		alice.next(t, "message", wait)
-		bob.next(t, "message", wait)
-		must(t, alice.sendText("not json"))
-		alice.next(t, "error", wait)
+		must(t, alice.SendJSON(msgFrame("lobby", "hi", "m1")))
+		alice.Next(t, "message", wait)
+		bob.Next(t, "message", wait)
+		must(t, alice.SendText("not json"))
+		alice.Next(t, "error", wait)
 		for range 4 { // a burst of 3 is allowed: the fourth frame is refused
-			must(t, bob.sendJSON(msgFrame("nowhere", "x", "")))
+			must(t, bob.SendJSON(msgFrame("nowhere", "x", "")))
 		}
 		var codes []string
 		for range 4 {
-			codes = append(codes, str(bob.next(t, "error", wait)["code"]))
+			codes = append(codes, str(bob.Next(t, "error", wait)["code"]))
 		}
 		if codes[3] != codeRateLimited {
 			t.Fatalf("error codes %v, want the fourth rate_limited", codes)
@@ -42,7 +42,7 @@ func TestStatsCount(t *testing.T) {
 		if s := in.h.Stats(); s != want {
 			t.Errorf("Stats() = %+v\nwant       %+v", s, want)
 		}
-		bob.close()
+		bob.Close()
 		eventually(t, wait, "bob's connection counted after it closed", func() bool {
 			s := in.h.Stats()
 			return s.Connections == 1 && s.Rooms == 1 && s.ConnectionsAccepted == 2

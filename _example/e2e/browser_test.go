@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatrelay/chat/internal/demotest"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 )
@@ -177,9 +178,8 @@ func screenshot(t *testing.T, ctx context.Context, path string) {
 // relayed it from its sender.
 func TestBrowserTwoInstances(t *testing.T) {
 	ctx := browser(t)
-	addr1 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	addr2 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startDemo(t, "two-instances", []string{addr1, addr2})
+	addr1, addr2 := demotest.FreeAddr(t), demotest.FreeAddr(t)
+	demotest.Start(t, "two-instances", []string{addr1, addr2})
 	inst1, inst2 := instanceID(t, "http://"+addr1), instanceID(t, "http://"+addr2)
 	if inst1 == inst2 {
 		t.Fatalf("both instances report %q", inst1)
@@ -280,8 +280,8 @@ func TestBrowserTwoInstances(t *testing.T) {
 // missing), and chatting works again.
 func TestBrowserReconnect(t *testing.T) {
 	ctx := browser(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	d := startDemo(t, "first run", []string{addr})
+	addr := demotest.FreeAddr(t)
+	d := demotest.Start(t, "first run", []string{addr})
 	tctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	page := tab(t, tctx, "page", true, true)
@@ -295,11 +295,11 @@ func TestBrowserReconnect(t *testing.T) {
 	do(t, page, "send before", chromedp.SendKeys(chromedp.ID("text"), "before the restart"+kb.Enter))
 	poll(t, page, "first message", countExpr(room)+` === 1`)
 
-	if err := d.stop(); err != nil {
+	if err := d.Stop(); err != nil {
 		t.Fatalf("stop demo: %v", err)
 	}
 	poll(t, page, "reconnecting after close 1001", `document.querySelector("#state").dataset.state === "reconnecting"`)
-	startDemo(t, "second run", []string{addr})
+	demotest.Start(t, "second run", []string{addr})
 	poll(t, page, "connected again", `document.querySelector("#state").dataset.state === "open"`)
 	poll(t, page, "rejoined", joined)
 	poll(t, page, "resumed notice", fmt.Sprintf(

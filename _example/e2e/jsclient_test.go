@@ -5,6 +5,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/chatrelay/chat/internal/demotest"
 )
 
 // TestChatJSClient runs testdata/chatjs_test.mjs, a unit test of chat.js
@@ -20,8 +22,8 @@ func TestChatJSClient(t *testing.T) {
 	}
 	dir := t.TempDir()
 	for src, dst := range map[string]string{
-		filepath.Join(repoRoot(t), "chat.js"):        "chat.mjs", // .mjs: an ES module for any node version
-		filepath.Join("testdata", "chatjs_test.mjs"): "chatjs_test.mjs",
+		filepath.Join(demotest.RepoRoot(t), "chat.js"): "chat.mjs", // .mjs: an ES module for any node version
+		filepath.Join("testdata", "chatjs_test.mjs"):   "chatjs_test.mjs",
 	} {
 		data, err := os.ReadFile(src)
 		if err != nil {

@@ -1,13 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/chatrelay/chat/internal/demotest"
+	"github.com/chatrelay/chat/internal/redistest"
+	"github.com/chatrelay/chat/internal/wstest"
 )
 
 // TestTwoProcessesRealRedis runs the demo as two processes against a real
@@ -16,47 +19,47 @@ import (
 // stopped with SIGTERM: its client gets close 1001, A exits 0, and B keeps
 // relaying.
 func TestTwoProcessesRealRedis(t *testing.T) {
-	redisAddr := startRedis(t)
-	redisURL := "redis://" + redisAddr
-	addrA := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	addrB := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	a := startDemo(t, "A", []string{addrA}, "-redis", redisURL, "-rate-limit", "0")
-	startDemo(t, "B", []string{addrB}, "-redis", redisURL)
+	rs := redistest.Start(t)
+	redisURL := "redis://" + rs.Addr
+	addrA, addrB := demotest.FreeAddr(t), demotest.FreeAddr(t)
+	a := demotest.Start(t, "A", []string{addrA}, "-redis", redisURL, "-rate-limit", "0")
+	demotest.Start(t, "B", []string{addrB}, "-redis", redisURL)
 	instA, instB := instanceID(t, "http://"+addrA), instanceID(t, "http://"+addrB)
 	if instA == instB {
 		t.Fatalf("both processes report instance %q", instA)
 	}
-	t.Logf("process A: %s on %s, process B: %s on %s, redis %s", instA, addrA, instB, addrB, redisAddr)
+	t.Logf("process A: %s on %s, process B: %s on %s, redis %s", instA, addrA, instB, addrB, rs.Addr)
 
 	room := fmt.Sprintf("e2e-%06x", rand.IntN(1<<24))
 	wsURL := func(addr, user string) string {
 		return "ws://" + addr + "/chat?" + url.Values{"room": {room}, "user": {user}}.Encode()
 	}
-	bob := dialWS(t, "bob@B", wsURL(addrB, "bob"))
-	if f := bob.expect("joined"); f.Room != room || f.Resumed {
+	bob := dialWS(t, wsURL(addrB, "bob"))
+	if f := expect(t, "bob@B", bob, "joined"); f.Room != room || f.Resumed {
 		t.Fatalf("bob: joined frame %+v", f)
 	}
-	alice := dialWS(t, "alice@A", wsURL(addrA, "alice"))
-	if f := alice.expect("joined"); f.Room != room || f.Resumed {
+	alice := dialWS(t, wsURL(addrA, "alice"))
+	if f := expect(t, "alice@A", alice, "joined"); f.Room != room || f.Resumed {
 		t.Fatalf("alice: joined frame %+v", f)
 	}
 
 	// The room key is set on join (SPEC §4), with a TTL.
 	key := "chat:room:{" + room + "}"
-	if reply, err := redisCommand(redisAddr, "EXISTS", key); err != nil || reply != ":1" {
-		t.Errorf("EXISTS %s = %q, %v; want :1", key, reply, err)
+	rc, ctx := rs.Client(t), context.Background()
+	if n, err := rc.Exists(ctx, key).Result(); err != nil || n != 1 {
+		t.Errorf("EXISTS %s = %d, %v; want 1", key, n, err)
 	}
-	if reply, err := redisCommand(redisAddr, "TTL", key); err != nil || !positive(reply) {
-		t.Errorf("TTL %s = %q, %v; want a positive TTL", key, reply, err)
+	if ttl, err := rc.TTL(ctx, key).Result(); err != nil || ttl <= 0 {
+		t.Errorf("TTL %s = %v, %v; want a positive TTL", key, ttl, err)
 	}
 
 	start := time.Now()
-	alice.sendJSON(map[string]string{"type": "message", "room": room, "text": "hello from A", "ref": "a1"})
-	bob.sendJSON(map[string]string{"type": "message", "room": room, "text": "hello from B", "ref": "b1"})
+	send(t, alice, map[string]string{"type": "message", "room": room, "text": "hello from A", "ref": "a1"})
+	send(t, bob, map[string]string{"type": "message", "room": room, "text": "hello from B", "ref": "b1"})
 	var got [2][]frame
-	for i, c := range []*wsConn{alice, bob} {
+	for i, c := range []*wstest.Conn{alice, bob} {
 		for range 2 {
-			got[i] = append(got[i], c.expect("message"))
+			got[i] = append(got[i], expect(t, []string{"alice@A", "bob@B"}[i], c, "message"))
 		}
 	}
 	t.Logf("both clients got both messages within %v", time.Since(start).Round(time.Millisecond))
@@ -84,20 +87,25 @@ func TestTwoProcessesRealRedis(t *testing.T) {
 	// Graceful shutdown of A: its client is told 1001 (going away), the
 	// process exits 0 (checked by stop), and B still works.
 	stopped := make(chan error, 1)
-	go func() { stopped <- a.stop() }()
-	if code := alice.expectClose(10 * time.Second); code != 1001 {
+	go func() { stopped <- a.Stop() }()
+	code := alice.ExpectClose(t, 10*time.Second)
+	if code != 1001 {
 		t.Errorf("alice: close code %d after SIGTERM, want 1001", code)
 	}
+	_ = alice.SendClose(code, "") // as a browser answers
 	if err := <-stopped; err != nil {
 		t.Errorf("demo A: %v", err)
 	}
-	bob.sendJSON(map[string]string{"type": "message", "room": room, "text": "still here", "ref": "b2"})
-	if m := bob.expect("message"); m.Text != "still here" || m.Instance != instB || m.Ref != "b2" {
+	send(t, bob, map[string]string{"type": "message", "room": room, "text": "still here", "ref": "b2"})
+	if m := expect(t, "bob@B", bob, "message"); m.Text != "still here" || m.Instance != instB || m.Ref != "b2" {
 		t.Errorf("bob after A stopped: %+v", m)
 	}
 }
 
-func positive(reply string) bool {
-	n, err := strconv.Atoi(strings.TrimPrefix(reply, ":"))
-	return err == nil && n > 0
+// send writes v as one text frame, failing the test if it cannot.
+func send(t *testing.T, c *wstest.Conn, v any) {
+	t.Helper()
+	if err := c.SendJSON(v); err != nil {
+		t.Fatalf("send %v: %v", v, err)
+	}
 }

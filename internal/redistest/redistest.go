@@ -1,6 +1,10 @@
-package chat
-
-// A real redis-server process for tests, started on a free loopback port.
+// Package redistest runs a real redis-server for tests, on a free loopback
+// port, so that tests can kill and restart it: what miniredis cannot show
+// (reconnects, timing, faults).
+//
+// It is test infrastructure: only _test.go files import it, so importers of
+// the chat package never compile it.
+package redistest
 
 import (
 	"bufio"
@@ -20,30 +24,33 @@ import (
 )
 
 const (
-	rsReadyTimeout = 10 * time.Second // how long start/Restart wait for PING
-	rsLogTail      = 2048             // bytes of the server log shown in failures
+	readyTimeout = 10 * time.Second // how long Start and Restart wait for PING
+	logTail      = 2048             // bytes of the server log shown in failures
 )
 
-// redisServer is a redis-server child process owned by one test.
-type redisServer struct {
+// Server is a redis-server child process owned by one test.
+type Server struct {
 	Addr string // 127.0.0.1:port, unchanged across Kill/Restart
 
 	bin     string
 	dir     string
 	logPath string
+	args    []string // extra arguments given to Start
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd     // current process, nil when killed
 	done chan struct{} // closed when cmd has been waited for
 }
 
-// startRedisServer starts `redis-server --port P --bind 127.0.0.1 --save ""
-// --appendonly no --dir <t.TempDir()>` on a free port and waits (up to 10 s)
-// until it answers PING. Its output goes to redis.log in that directory; the
-// log's tail is shown when starting fails. If redis-server is not in PATH the
-// test is skipped, or fails when CHAT_REQUIRE_REDIS=1. At t.Cleanup the
-// process is killed by PID and waited for.
-func startRedisServer(t testing.TB) *redisServer {
+// Start starts `redis-server --port P --bind 127.0.0.1 --save ""
+// --appendonly no --dir <t.TempDir()> args...` on a free port and waits (up
+// to 10 s) until it answers PING. args are extra server arguments, such as
+// "--enable-debug-command", "local" for DEBUG SLEEP. Its output goes to
+// redis.log in that directory; the log's tail is shown when starting fails.
+// If redis-server is not in PATH the test is skipped, or fails when
+// CHAT_REQUIRE_REDIS=1. At t.Cleanup the process is killed by PID and
+// waited for.
+func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -54,55 +61,55 @@ func startRedisServer(t testing.TB) *redisServer {
 		t.Skip(msg)
 	}
 	dir := t.TempDir()
-	s := &redisServer{bin: bin, dir: dir, logPath: filepath.Join(dir, "redis.log")}
-	t.Cleanup(func() { s.rsStop() })
+	s := &Server{bin: bin, dir: dir, logPath: filepath.Join(dir, "redis.log"), args: args}
+	t.Cleanup(func() { s.stop() })
 	// The free port can be taken between probing and binding: retry a little.
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		port, err := rsFreePort()
+		port, err := freePort()
 		if err != nil {
-			t.Fatalf("startRedisServer: %v", err)
+			t.Fatalf("redistest.Start: %v", err)
 		}
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		if lastErr = s.rsStart(); lastErr == nil {
+		if lastErr = s.start(); lastErr == nil {
 			return s
 		}
-		if !strings.Contains(s.rsTail(), "in use") {
+		if !strings.Contains(s.tail(), "in use") {
 			break
 		}
 	}
-	t.Fatalf("startRedisServer: %v\n--- redis.log tail ---\n%s", lastErr, s.rsTail())
+	t.Fatalf("redistest.Start: %v\n--- redis.log tail ---\n%s", lastErr, s.tail())
 	return nil
 }
 
 // Kill sends SIGKILL to the server and waits for it to exit. Addr stays the
 // same; Restart brings the server back on it. Killing twice is harmless.
-func (s *redisServer) Kill(t testing.TB) {
+func (s *Server) Kill(t testing.TB) {
 	t.Helper()
-	s.rsStop()
+	s.stop()
 }
 
 // Restart starts the server again on the same port (killing it first if it
 // still runs) and waits until it answers PING. Data is not kept.
-func (s *redisServer) Restart(t testing.TB) {
+func (s *Server) Restart(t testing.TB) {
 	t.Helper()
-	s.rsStop()
-	if err := s.rsStart(); err != nil {
-		t.Fatalf("redisServer.Restart on %s: %v\n--- redis.log tail ---\n%s", s.Addr, err, s.rsTail())
+	s.stop()
+	if err := s.start(); err != nil {
+		t.Fatalf("redistest: Restart on %s: %v\n--- redis.log tail ---\n%s", s.Addr, err, s.tail())
 	}
 }
 
 // Client returns a new go-redis client for s.Addr, closed at t.Cleanup.
-func (s *redisServer) Client(t testing.TB) *redis.Client {
+func (s *Server) Client(t testing.TB) *redis.Client {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: s.Addr})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
 
-// rsStart launches the process and waits until it answers PING; on failure
+// start launches the process and waits until it answers PING; on failure
 // the process is gone when it returns.
-func (s *redisServer) rsStart() error {
+func (s *Server) start() error {
 	_, port, _ := net.SplitHostPort(s.Addr)
 	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -110,8 +117,9 @@ func (s *redisServer) rsStart() error {
 	}
 	defer logf.Close() // the child keeps its own descriptor
 	fmt.Fprintf(logf, "=== starting redis-server on %s at %s ===\n", s.Addr, time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(s.bin, "--port", port, "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir)
+	args := append([]string{"--port", port, "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir}, s.args...)
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return err
@@ -122,29 +130,29 @@ func (s *redisServer) rsStart() error {
 	s.cmd, s.done = cmd, done
 	s.mu.Unlock()
 
-	deadline := time.Now().Add(rsReadyTimeout)
+	deadline := time.Now().Add(readyTimeout)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		err := rsPing(s.Addr, deadline)
+		err := ping(s.Addr, deadline)
 		if err == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			s.rsStop()
-			return fmt.Errorf("redis-server on %s did not answer PING within %v: %w", s.Addr, rsReadyTimeout, err)
+			s.stop()
+			return fmt.Errorf("redis-server on %s did not answer PING within %v: %w", s.Addr, readyTimeout, err)
 		}
 		select {
 		case <-done:
-			s.rsStop()
+			s.stop()
 			return fmt.Errorf("redis-server on %s exited before answering PING (%v)", s.Addr, cmd.ProcessState)
 		case <-tick.C:
 		}
 	}
 }
 
-// rsStop kills the current process by PID, if any, and waits for it.
-func (s *redisServer) rsStop() {
+// stop kills the current process by PID, if any, and waits for it.
+func (s *Server) stop() {
 	s.mu.Lock()
 	cmd, done := s.cmd, s.done
 	s.cmd, s.done = nil, nil
@@ -156,20 +164,20 @@ func (s *redisServer) rsStop() {
 	<-done
 }
 
-// rsTail returns the end of the server log.
-func (s *redisServer) rsTail() string {
+// tail returns the end of the server log.
+func (s *Server) tail() string {
 	b, err := os.ReadFile(s.logPath)
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)
 	}
-	if len(b) > rsLogTail {
-		b = b[len(b)-rsLogTail:]
+	if len(b) > logTail {
+		b = b[len(b)-logTail:]
 	}
 	return string(b)
 }
 
-// rsPing sends one PING to addr and expects +PONG.
-func rsPing(addr string, deadline time.Time) error {
+// ping sends one PING to addr and expects +PONG.
+func ping(addr string, deadline time.Time) error {
 	d := time.Until(deadline)
 	if d > time.Second {
 		d = time.Second
@@ -196,8 +204,8 @@ func rsPing(addr string, deadline time.Time) error {
 	return nil
 }
 
-// rsFreePort asks the kernel for a free loopback port.
-func rsFreePort() (int, error) {
+// freePort asks the kernel for a free loopback port.
+func freePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err

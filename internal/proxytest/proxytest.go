@@ -1,7 +1,11 @@
-package chat
-
-// A TCP proxy for tests that can freeze traffic (a connection that goes
-// silent without closing) or drop every connection.
+// Package proxytest is a TCP proxy for tests that can freeze traffic (a
+// connection that goes silent without closing, as when a NAT loses its
+// state) or drop every connection. Fault tests put it between a client and
+// Redis.
+//
+// It is test infrastructure: only _test.go files import it, so importers of
+// the chat package never compile it.
+package proxytest
 
 import (
 	"net"
@@ -10,8 +14,8 @@ import (
 	"time"
 )
 
-// tcpProxy forwards each accepted connection to a target address.
-type tcpProxy struct {
+// Proxy forwards each accepted connection to a target address.
+type Proxy struct {
 	Addr string // 127.0.0.1:port to dial instead of the target
 
 	target string
@@ -30,16 +34,16 @@ type tcpProxy struct {
 	closed bool
 }
 
-// startTCPProxy listens on 127.0.0.1:0 and forwards both directions of every
+// Start listens on 127.0.0.1:0 and forwards both directions of every
 // accepted connection to target. t.Cleanup closes the listener and all
 // connections and waits for every goroutine of the proxy.
-func startTCPProxy(t testing.TB, target string) *tcpProxy {
+func Start(t testing.TB, target string) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("startTCPProxy: %v", err)
+		t.Fatalf("proxytest.Start: %v", err)
 	}
-	p := &tcpProxy{
+	p := &Proxy{
 		Addr:   ln.Addr().String(),
 		target: target,
 		ln:     ln,
@@ -47,8 +51,8 @@ func startTCPProxy(t testing.TB, target string) *tcpProxy {
 		conns:  make(map[net.Conn]struct{}),
 	}
 	p.wg.Add(1)
-	go p.pxAccept()
-	t.Cleanup(p.pxClose)
+	go p.accept()
+	t.Cleanup(p.close)
 	return p
 }
 
@@ -57,18 +61,18 @@ func startTCPProxy(t testing.TB, target string) *tcpProxy {
 // direction is held by the proxy, the rest stays in kernel buffers. When
 // Freeze returns no further byte is forwarded (it waits for a write already
 // under way to finish).
-func (p *tcpProxy) Freeze() { p.pxFreeze(-1) }
+func (p *Proxy) Freeze() { p.freeze(-1) }
 
 // FreezeExisting is Freeze for the connections open now only: they go
 // silent while new ones work, like a connection whose NAT state was lost.
-func (p *tcpProxy) FreezeExisting() {
+func (p *Proxy) FreezeExisting() {
 	p.cmu.Lock()
 	below := p.nextID
 	p.cmu.Unlock()
-	p.pxFreeze(below)
+	p.freeze(below)
 }
 
-func (p *tcpProxy) pxFreeze(below int) {
+func (p *Proxy) freeze(below int) {
 	p.gate.Lock()
 	defer p.gate.Unlock()
 	if !p.frozen {
@@ -79,7 +83,7 @@ func (p *tcpProxy) pxFreeze(below int) {
 }
 
 // Unfreeze resumes forwarding; bytes held meanwhile are delivered in order.
-func (p *tcpProxy) Unfreeze() {
+func (p *Proxy) Unfreeze() {
 	p.gate.Lock()
 	defer p.gate.Unlock()
 	if p.frozen {
@@ -90,15 +94,15 @@ func (p *tcpProxy) Unfreeze() {
 
 // DropAll resets (SO_LINGER 0) both sides of every current connection. The
 // proxy keeps listening; new connections work (and obey Freeze).
-func (p *tcpProxy) DropAll() {
+func (p *Proxy) DropAll() {
 	p.cmu.Lock()
 	defer p.cmu.Unlock()
 	for c := range p.conns {
-		pxReset(c)
+		reset(c)
 	}
 }
 
-func (p *tcpProxy) pxClose() {
+func (p *Proxy) close() {
 	p.cmu.Lock()
 	p.closed = true
 	for c := range p.conns {
@@ -110,7 +114,7 @@ func (p *tcpProxy) pxClose() {
 	p.wg.Wait()
 }
 
-func (p *tcpProxy) pxAccept() {
+func (p *Proxy) accept() {
 	defer p.wg.Done()
 	for {
 		c, err := p.ln.Accept()
@@ -126,20 +130,20 @@ func (p *tcpProxy) pxAccept() {
 			return
 		}
 		p.wg.Add(1)
-		go p.pxServe(c)
+		go p.serve(c)
 	}
 }
 
-// pxServe dials the target for client conn c and pumps both ways until
+// serve dials the target for client conn c and pumps both ways until
 // either side fails; then both are closed.
-func (p *tcpProxy) pxServe(c net.Conn) {
+func (p *Proxy) serve(c net.Conn) {
 	defer p.wg.Done()
 	u, err := net.DialTimeout("tcp", p.target, 5*time.Second)
 	if err != nil {
 		_ = c.Close()
 		return
 	}
-	id, ok := p.pxTrack(c, u)
+	id, ok := p.track(c, u)
 	if !ok {
 		return
 	}
@@ -150,7 +154,7 @@ func (p *tcpProxy) pxServe(c net.Conn) {
 	for _, dir := range [][2]net.Conn{{u, c}, {c, u}} {
 		go func() {
 			defer pumps.Done()
-			p.pxPump(dir[0], dir[1], id, dead)
+			p.pump(dir[0], dir[1], id, dead)
 			once.Do(func() { close(dead) })
 		}()
 	}
@@ -161,9 +165,9 @@ func (p *tcpProxy) pxServe(c net.Conn) {
 	p.cmu.Unlock()
 }
 
-// pxTrack registers a pair and numbers it, or closes it if the proxy is
+// track registers a pair and numbers it, or closes it if the proxy is
 // shutting down.
-func (p *tcpProxy) pxTrack(a, b net.Conn) (int, bool) {
+func (p *Proxy) track(a, b net.Conn) (int, bool) {
 	p.cmu.Lock()
 	defer p.cmu.Unlock()
 	if p.closed {
@@ -176,15 +180,15 @@ func (p *tcpProxy) pxTrack(a, b net.Conn) (int, bool) {
 	return p.nextID - 1, true
 }
 
-// pxPump copies src to dst, holding chunks while frozen. Any error closes
+// pump copies src to dst, holding chunks while frozen. Any error closes
 // both connections so the other pump ends too; dead tells a pump held by
 // Freeze that its pair is gone.
-func (p *tcpProxy) pxPump(dst, src net.Conn, id int, dead <-chan struct{}) {
+func (p *Proxy) pump(dst, src net.Conn, id int, dead <-chan struct{}) {
 	defer func() { _ = dst.Close(); _ = src.Close() }()
 	buf := make([]byte, 32<<10)
 	for {
 		n, rerr := src.Read(buf)
-		if n > 0 && !p.pxWrite(dst, buf[:n], id, dead) {
+		if n > 0 && !p.write(dst, buf[:n], id, dead) {
 			return
 		}
 		if rerr != nil {
@@ -193,8 +197,8 @@ func (p *tcpProxy) pxPump(dst, src net.Conn, id int, dead <-chan struct{}) {
 	}
 }
 
-// pxWrite writes b to dst once the proxy is not frozen; false means stop.
-func (p *tcpProxy) pxWrite(dst net.Conn, b []byte, id int, dead <-chan struct{}) bool {
+// write writes b to dst once the proxy is not frozen; false means stop.
+func (p *Proxy) write(dst net.Conn, b []byte, id int, dead <-chan struct{}) bool {
 	for {
 		p.gate.RLock()
 		if !p.frozen || (p.below >= 0 && id >= p.below) {
@@ -214,7 +218,7 @@ func (p *tcpProxy) pxWrite(dst net.Conn, b []byte, id int, dead <-chan struct{})
 	}
 }
 
-func pxReset(c net.Conn) {
+func reset(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}
