@@ -171,13 +171,15 @@ func (p *publisher) publish(ctx context.Context, room, user, text string) error 
 // the client was built with ContextTimeoutEnabled; and the Handler gets
 // clients it did not build. So the lane keeps the publish timeout itself:
 // when Redis has not answered a pipeline by its oldest message's deadline,
-// the stall timer answers the whole batch "unavailable" and refuses,
-// without sending, every message that queues meanwhile, until Redis
-// answers. A sender hears within the publish timeout, whatever the client.
+// the stall timer answers the whole batch "unavailable", and until Redis
+// answers it holds what queues meanwhile, refusing each message unsent when
+// its own deadline comes. A sender hears within the publish timeout,
+// whatever the client.
 type lane struct {
 	p     *publisher
 	queue chan *publishRequest
 	batch []*publishRequest // the messages in flight; read by refuse while stalled
+	held  []*publishRequest // queued during a stall, not yet due: the next batch
 
 	stall   *time.Timer   // runs refuse; armed while a pipeline is out
 	unstuck chan struct{} // the pipeline returned: refuse stops
@@ -189,6 +191,7 @@ func newLane(p *publisher) *lane {
 		p:       p,
 		queue:   make(chan *publishRequest, maxPublishBatch),
 		batch:   make([]*publishRequest, 0, maxPublishBatch),
+		held:    make([]*publishRequest, 0, maxPublishBatch),
 		unstuck: make(chan struct{}, 1),
 		refused: make(chan struct{}, 1),
 	}
@@ -205,11 +208,17 @@ var errStalled = errors.New("Redis did not answer within the publish timeout")
 func (l *lane) drain(ctx context.Context) {
 	p := l.p
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case req := <-l.queue:
-			l.batch = append(l.batch, req)
+		if len(l.held) > 0 {
+			l.batch = append(l.batch, l.held...)
+			clear(l.held)
+			l.held = l.held[:0]
+		} else {
+			select {
+			case <-ctx.Done():
+				return
+			case req := <-l.queue:
+				l.batch = append(l.batch, req)
+			}
 		}
 	more:
 		for len(l.batch) < maxPublishBatch {
@@ -252,11 +261,11 @@ func (l *lane) drain(ctx context.Context) {
 	}
 }
 
-// refuse runs on the stall timer's goroutine while drain waits for Redis:
-// it answers the batch in flight, then every message queued until the
-// pipeline returns, "unavailable". Those queued are dropped unsent; the
-// batch may still reach Redis, late: "unavailable" after a timeout means
-// "not confirmed".
+// refuse runs on the stall timer's goroutine while drain waits for Redis.
+// It answers the batch in flight "unavailable" (it may still reach Redis,
+// late: "unavailable" after a timeout means "not confirmed"), then holds
+// what queues until the pipeline returns, refusing unsent each message
+// whose deadline comes first, and any beyond one batch.
 func (l *lane) refuse() {
 	defer func() { l.refused <- struct{}{} }()
 	p := l.p
@@ -264,15 +273,34 @@ func (l *lane) refuse() {
 	for _, req := range l.batch {
 		req.outcome.published(req.ref, wrapUnavailable(req.room, errStalled))
 	}
+	due := time.NewTimer(time.Hour)
+	defer due.Stop()
 	for {
+		now := time.Now()
+		for len(l.held) > 0 && !l.held[0].deadline.After(now) {
+			l.refuseOne(l.held[0])
+			l.held = l.held[1:]
+		}
+		if len(l.held) > 0 {
+			due.Reset(l.held[0].deadline.Sub(now))
+		}
 		select {
 		case req := <-l.queue:
-			p.stats.redisErrors.Add(1)
-			req.outcome.published(req.ref, wrapUnavailable(req.room, errStalled))
+			if len(l.held) < maxPublishBatch {
+				l.held = append(l.held, req)
+			} else {
+				l.refuseOne(req)
+			}
+		case <-due.C:
 		case <-l.unstuck:
 			return
 		}
 	}
+}
+
+func (l *lane) refuseOne(req *publishRequest) {
+	l.p.stats.redisErrors.Add(1)
+	req.outcome.published(req.ref, wrapUnavailable(req.room, errStalled))
 }
 
 func wrapUnavailable(room string, err error) error {
