@@ -16,6 +16,7 @@
  *     console.log(`[${m.room}] ${m.user}: ${m.text} (via ${m.instance})`);
  *   });
  *   c.addEventListener("error", (e) => console.warn(e.detail.code, e.detail.message));
+ *   // "closed": the server ended the connection for good, e.detail.message says why.
  *   c.join("random");
  *   const ref = c.send("lobby", "hello"); // ref comes back in the relayed message or in an error
  *
@@ -37,8 +38,9 @@
  *   state    {state, previous}: state is "connecting" (first attempt), "open",
  *            "reconnecting" (waiting or retrying after a drop) or "closed" (final).
  *   open     {reconnect}: the WebSocket opened; reconnect is true after the first time.
- *   close    {code, reason, wasClean, reconnect, delay}: the WebSocket closed; reconnect tells
- *            whether another attempt follows, after delay ms.
+ *   close    {code, reason, wasClean, reconnect, delay}: the WebSocket closed; reason is the
+ *            server's explanation, if any; reconnect tells whether another attempt follows,
+ *            after delay ms.
  *   joined   {room, resumed}: the server confirmed the room. From then on every message of the
  *            room arrives. resumed is true when the room was joined before a reconnect (of this
  *            client, or of the server to Redis): messages sent in between may have been missed.
@@ -47,9 +49,14 @@
  *            server; ts is Unix milliseconds at the origin, instance the server instance that
  *            took it from its sender. There is no local echo: your own messages arrive here too,
  *            in the same order every member of the room sees. Repeated ids are dropped.
- *   error    {code, message, ref?, room?}: a server error frame (bad_request, invalid_room,
- *            not_joined, too_large, rate_limited, too_many_rooms, unavailable), or one raised
- *            here: not_connected (send() while the connection is down; nothing was sent).
+ *   error    {code, message, ref?, room?, closeCode?}: a server error frame (bad_request,
+ *            invalid_room, not_joined, too_large, rate_limited, too_many_rooms, unavailable),
+ *            or one raised here:
+ *            not_connected  send() while the connection is down; nothing was sent.
+ *            closed         the server closed the connection with a code that ends the client
+ *                           (closeCode 1008 or 1009, see Reconnects); message is the server's
+ *                           reason, such as a bad ?user= or ?room=, or too many rooms. Comes
+ *                           after the close event and the state event to "closed".
  *            room is set for a failed join(); the room is then dropped from rooms.
  *
  * Methods:
@@ -63,8 +70,11 @@
  * Reconnects: after any close except close() and the close codes 1008 (policy) and 1009
  * (message too big), which are not transient; 1001 (server going away), 1006 (dropped) and
  * 1013 (too slow) are retried. A connection has to stay up for 5 s before the backoff starts
- * again from minDelay. A browser reports a refused handshake (HTTP 401, 403, 400) as 1006
- * too, so such a client keeps retrying at maxDelay; the state event shows it.
+ * again from minDelay. The server accepts a connection with a bad ?user= or ?room=, or with
+ * more rooms than it allows, and closes it with 1008 and a reason: the client stops and
+ * reports the reason (error event "closed"). A handshake the server refuses outright (HTTP
+ * 401 from authentication, 403 for an origin) looks like a dropped connection (1006) to a
+ * browser, so such a client keeps retrying at maxDelay; the state event shows it.
  */
 
 const ROOM_RE = /^[A-Za-z0-9._-]{1,64}$/;
@@ -88,8 +98,8 @@ function toWebSocketURL(url) {
 
 function checkUser(user) {
   user = String(user ?? "");
-  // The server refuses a bad ?user= before the upgrade, which a browser only
-  // sees as close code 1006: the client would retry forever.
+  // The server would close the connection with 1008 for a bad ?user=;
+  // checking here reports it at once, where the name is set.
   if (user !== "" && (!USER_RE.test(user) || [...user].length > 32)) {
     throw new TypeError(`ChatClient: invalid user name ${JSON.stringify(user)} (1-32 printable characters)`);
   }
@@ -321,9 +331,13 @@ export class ChatClient extends EventTarget {
     this.#openedAt = 0;
     this.#emit("close", { code: e.code, reason: e.reason, wasClean: e.wasClean, reconnect, delay });
     if (!reconnect) {
+      const byServer = !this.#closing; // 1008 or 1009, not close()
       this.#closing = true;
       if (typeof removeEventListener === "function") removeEventListener("online", this.#onOnline);
       this.#setState("closed");
+      if (byServer) {
+        this.#emit("error", { code: "closed", message: e.reason || `closed by the server (code ${e.code})`, closeCode: e.code });
+      }
       return;
     }
     this.#setState("reconnecting");

@@ -116,10 +116,12 @@ function connect(name) {
   client = c;
   const on = (type, fn) => c.addEventListener(type, (e) => { if (c === client) fn(e.detail); });
 
-  // "close" comes just before the matching "state" event and says more.
-  on("close", ({ code, reconnect, delay }) => {
+  // "close" comes just before the matching "state" event and says more. The
+  // server closes with 1008 and a reason for a bad name or room, or too many
+  // rooms: chat.js then stops (and reports an error "closed"); show why.
+  on("close", ({ code, reason, reconnect, delay }) => {
     if (reconnect) showState("reconnecting", `reconnecting in ${(delay / 1000).toFixed(1)} s…`);
-    else showState("closed", `disconnected (close code ${code}); set a name to reconnect`);
+    else showState("closed", `disconnected (close code ${code}${reason ? `: ${reason}` : ""}); set a name to reconnect`);
   });
   on("state", ({ state }) => { if ($("state").dataset.state !== state) showState(state); });
   on("joined", ({ room, resumed }) => {

@@ -6,8 +6,9 @@
 //	go run ./_example -redis redis://127.0.0.1:6379 -addr :8080   # one instance against a real Redis
 //
 // Routes: / (the page), /chat (the WebSocket), /chat.js (the browser client),
-// /healthz (200 when Redis answers a PING within 1 s) and /info (the
-// instance ID as JSON).
+// /healthz (200 when Redis answers a PING within 1 s), /info (the instance
+// ID as JSON) and /metrics (the instance's counters for Prometheus, see
+// metrics.go).
 package main
 
 import (
@@ -169,6 +170,7 @@ func newInstance(addr string, opt *redis.Options, rate float64, base *slog.Logge
 	mux.Handle("/chat", in.h)
 	mux.HandleFunc("GET /healthz", in.healthz)
 	mux.HandleFunc("GET /info", in.info)
+	mux.Handle("GET /metrics", metricsHandler(in.h))
 	in.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/chatrelay/chat"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/net/websocket"
+)
+
+// TestMetricsEndpoint runs one demo instance on miniredis, makes a
+// connection that joins a room, sends a message and a bad frame, then
+// scrapes /metrics over HTTP and checks the samples with the Prometheus
+// text parser against the Handler's Stats.
+func TestMetricsEndpoint(t *testing.T) {
+	mr := miniredis.RunT(t)
+	in, err := newInstance("127.0.0.1:0", &redis.Options{Addr: mr.Addr()}, 20, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go in.srv.Serve(in.ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		in.shutdown(ctx)
+		in.pub.Close()
+		in.sub.Close()
+	})
+
+	ws, err := websocket.Dial("ws"+strings.TrimPrefix(in.url, "http")+"/chat?room=lobby&user=alice", "", in.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	ws.SetDeadline(time.Now().Add(5 * time.Second))
+	var f struct{ Type, Room, Text, Code string }
+	receive := func(want string) {
+		t.Helper()
+		f.Type = ""
+		if err := websocket.JSON.Receive(ws, &f); err != nil || f.Type != want {
+			t.Fatalf("want a %q frame, got %+v (err %v)", want, f, err)
+		}
+	}
+	receive("joined")
+	if err := websocket.JSON.Send(ws, map[string]string{"type": "message", "room": "lobby", "text": "hi"}); err != nil {
+		t.Fatal(err)
+	}
+	receive("message") // back through Redis: published and delivered
+	if err := websocket.Message.Send(ws, `{"type":"nope"}`); err != nil {
+		t.Fatal(err)
+	}
+	receive("error") // bad_request
+
+	got := scrape(t, in.url+"/metrics")
+	s := in.h.Stats() // nothing moves any more: the connection is idle
+	want := map[string]float64{
+		"chat_connections": 1,
+		"chat_rooms":       1,
+		"chat_instance_info{instance_id=" + in.h.InstanceID() + "}": 1,
+		"chat_connections_accepted_total":                           float64(s.ConnectionsAccepted),
+		"chat_messages_published_total":                             float64(s.MessagesPublished),
+		"chat_deliveries_total":                                     float64(s.Deliveries),
+		"chat_dropped_total{reason=slow_client}":                    float64(s.Dropped.SlowClients),
+		"chat_dropped_total{reason=rate_limited}":                   float64(s.Dropped.RateLimited),
+		"chat_dropped_total{reason=bad_frame}":                      float64(s.Dropped.BadFrames),
+		"chat_dropped_total{reason=unavailable}":                    float64(s.Dropped.Unavailable),
+		"chat_redis_errors_total":                                   float64(s.RedisErrors),
+		"chat_subscription_reconnects_total":                        float64(s.SubscriptionReconnects),
+	}
+	for name, v := range want {
+		if g, ok := got[name]; !ok || g != v {
+			t.Errorf("%s = %v (present: %v), want %v", name, g, ok, v)
+		}
+	}
+	if _, ok := got["go_goroutines"]; !ok {
+		t.Error("go_goroutines missing: the Go collector is not registered")
+	}
+	if t.Failed() {
+		t.Logf("scraped: %v", got)
+	}
+}
+
+// scrape GETs a /metrics URL and returns every sample of the text format as
+// name{label=value,…} → value.
+func scrape(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+		t.Fatalf("GET %s: Content-Type %q, want the text format", url, ct)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parse %s: %v", url, err)
+	}
+	samples := make(map[string]float64)
+	for name, mf := range families {
+		for _, m := range mf.GetMetric() {
+			key := name
+			if len(m.GetLabel()) > 0 {
+				var ls []string
+				for _, l := range m.GetLabel() {
+					ls = append(ls, l.GetName()+"="+l.GetValue())
+				}
+				key += "{" + strings.Join(ls, ",") + "}"
+			}
+			samples[key] = value(mf.GetType(), m)
+		}
+	}
+	return samples
+}
+
+func value(typ dto.MetricType, m *dto.Metric) float64 {
+	switch typ {
+	case dto.MetricType_COUNTER:
+		return m.GetCounter().GetValue()
+	case dto.MetricType_GAUGE:
+		return m.GetGauge().GetValue()
+	case dto.MetricType_UNTYPED:
+		return m.GetUntyped().GetValue()
+	}
+	return -1 // summaries and histograms (Go runtime metrics) are not checked
+}
+
+// TestStatsCollector pins the exposition: every Stats field under its
+// metric name, type and labels, each with a distinct value.
+func TestStatsCollector(t *testing.T) {
+	c := newStatsCollector("abc123", func() chat.Stats {
+		return chat.Stats{
+			Connections: 3, Rooms: 2, ConnectionsAccepted: 10,
+			MessagesPublished: 20, Deliveries: 30,
+			Dropped:     chat.Drops{SlowClients: 1, RateLimited: 4, BadFrames: 5, Unavailable: 6},
+			RedisErrors: 7, SubscriptionReconnects: 8,
+		}
+	})
+	const want = `
+# HELP chat_connections WebSocket connections open now.
+# TYPE chat_connections gauge
+chat_connections 3
+# HELP chat_connections_accepted_total WebSocket upgrades served.
+# TYPE chat_connections_accepted_total counter
+chat_connections_accepted_total 10
+# HELP chat_deliveries_total Message frames queued for local members.
+# TYPE chat_deliveries_total counter
+chat_deliveries_total 30
+# HELP chat_dropped_total Frames and connections the chat server refused or gave up on, by reason.
+# TYPE chat_dropped_total counter
+chat_dropped_total{reason="bad_frame"} 5
+chat_dropped_total{reason="rate_limited"} 4
+chat_dropped_total{reason="slow_client"} 1
+chat_dropped_total{reason="unavailable"} 6
+# HELP chat_instance_info Always 1; instance_id is the chat instance ID, as on its log lines and messages.
+# TYPE chat_instance_info gauge
+chat_instance_info{instance_id="abc123"} 1
+# HELP chat_messages_published_total Messages Redis accepted from this instance (clients' and Publish's).
+# TYPE chat_messages_published_total counter
+chat_messages_published_total 20
+# HELP chat_redis_errors_total Failed Redis commands: publishes, subscriptions, activity keys.
+# TYPE chat_redis_errors_total counter
+chat_redis_errors_total 7
+# HELP chat_rooms Rooms with a member or a pending join on this instance now.
+# TYPE chat_rooms gauge
+chat_rooms 2
+# HELP chat_subscription_reconnects_total Times the Redis subscription connection was lost or replaced.
+# TYPE chat_subscription_reconnects_total counter
+chat_subscription_reconnects_total 8
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(c); n != 12 {
+		t.Errorf("%d samples, want 12", n)
+	}
+}
