@@ -211,6 +211,9 @@ func (s *subscriber) reconcile(ctx context.Context) {
 	}
 	s.psMu.Unlock()
 
+	if ctx.Err() != nil {
+		return // closing: the connection's end drops every subscription
+	}
 	if subErr != nil {
 		s.stats.redisErrors.Add(1)
 		s.log.Warn("subscribe failed", "rooms", toSubscribe, "err", subErr)
