@@ -201,7 +201,7 @@ func newLane(p *publisher) *lane {
 }
 
 // errStalled is the outcome of messages that Redis did not answer in time.
-var errStalled = errors.New("Redis did not answer within the publish timeout")
+var errStalled = errors.New("no answer from Redis within the publish timeout")
 
 // drain sends whatever is queued, up to maxPublishBatch messages, as one
 // pipeline, and reports each message's outcome.
