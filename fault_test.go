@@ -3,6 +3,7 @@ package chat
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -140,4 +141,85 @@ func TestRedisConnectionsFrozen(t *testing.T) {
 	must(t, a.h.Shutdown(ctx))
 	must(t, b.h.Shutdown(ctx))
 	noGoroutinesLeft(t)
+}
+
+// Redis sleeps for 8 s (DEBUG SLEEP) under a client that sends every 100 ms,
+// through a publishing client whose own read timeout (20 s) is far longer
+// than the publish timeout: every message is answered within the publish
+// timeout anyway, by its copy or by "unavailable", and so is Publish.
+func TestPublishTimeoutWhateverTheClient(t *testing.T) {
+	be := realRedis(t, "--enable-debug-command", "local")
+	patient := func() *redis.Client {
+		c := redis.NewClient(&redis.Options{Addr: be.addr, ReadTimeout: 20 * time.Second})
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	a := newInstanceWith(t, patient(), patient())
+	c := a.connect(t, "room=nap&user=ann")
+	limit := a.h.cfg.publishTimeout
+
+	asleep := redisSleeps(t, be, 8*time.Second)
+	sent := map[string]time.Time{}
+	for i := range 10 {
+		ref := fmt.Sprintf("m%d", i)
+		sent[ref] = time.Now()
+		must(t, c.SendJSON(msgFrame("nap", "zzz", ref)))
+		time.Sleep(100 * time.Millisecond)
+	}
+	published := make(chan error, 1)
+	go func() {
+		start := time.Now()
+		err := a.h.Publish(context.Background(), "nap", "server", "zzz")
+		if took := time.Since(start); !errors.Is(err, ErrUnavailable) || took > limit+500*time.Millisecond {
+			err = fmt.Errorf("Publish while Redis sleeps: %v after %v, want ErrUnavailable within %v", err, took, limit)
+		} else {
+			err = nil
+		}
+		published <- err
+	}()
+	var slowest time.Duration
+	for answered := map[string]bool{}; len(answered) < len(sent); {
+		f, err := c.ReadJSON(limit + 2*time.Second)
+		if err != nil {
+			t.Fatalf("%d of %d messages answered, then: %v", len(answered), len(sent), err)
+		}
+		ref, _ := f["ref"].(string)
+		if _, ours := sent[ref]; !ours || answered[ref] || (f["type"] != "message" && f["code"] != codeUnavailable) {
+			continue // a late copy of a message already answered "unavailable"
+		}
+		answered[ref] = true
+		took := time.Since(sent[ref])
+		slowest = max(slowest, took)
+		if took > limit+500*time.Millisecond {
+			t.Errorf("%s answered %v after it was sent (%v), want within %v", ref, f["type"], took.Round(time.Millisecond), limit)
+		}
+	}
+	t.Logf("Redis asleep for 8 s: every sender answered, the slowest after %v", slowest.Round(time.Millisecond))
+	if err := <-published; err != nil {
+		t.Error(err)
+	}
+	<-asleep
+}
+
+// redisSleeps makes the Redis of be sleep for d (DEBUG SLEEP) and returns
+// once it is asleep; the channel is closed when it wakes.
+func redisSleeps(t *testing.T, be *backend, d time.Duration) <-chan struct{} {
+	t.Helper()
+	woke := make(chan struct{})
+	sleeper := redis.NewClient(&redis.Options{Addr: be.addr, ReadTimeout: d + 10*time.Second})
+	t.Cleanup(func() { <-woke; _ = sleeper.Close() })
+	go func() {
+		defer close(woke)
+		if err := sleeper.Do(context.Background(), "DEBUG", "SLEEP", d.Seconds()).Err(); err != nil {
+			t.Errorf("DEBUG SLEEP: %v", err)
+		}
+	}()
+	probe := redis.NewClient(&redis.Options{Addr: be.addr, ReadTimeout: 50 * time.Millisecond, MaxRetries: -1})
+	defer probe.Close()
+	for deadline := time.Now().Add(wait); probe.Ping(context.Background()).Err() == nil; {
+		if time.Now().After(deadline) {
+			t.Fatal("Redis never fell asleep")
+		}
+	}
+	return woke
 }
