@@ -283,77 +283,6 @@ func (s *subscriber) commandFailed(rooms []string) {
 	}
 }
 
-// receive is the only reader of the subscription connection. It hands
-// messages to the owner, applies confirmations, and watches the
-// connection: a ping when idle, and a new connection when nothing at all
-// came back for staleAfter, because a silently frozen connection raises no
-// error.
-func (s *subscriber) receive(ctx context.Context) {
-	select { // nothing to read until the first subscription
-	case <-ctx.Done():
-		return
-	case <-s.psReady:
-	}
-	s.psMu.Lock()
-	ps := s.ps
-	s.psMu.Unlock()
-
-	staleAfter := 4 * s.pingEvery
-	lastFrame := time.Now()
-	var backoff time.Duration
-	down := false
-	for ctx.Err() == nil {
-		msg, err := ps.ReceiveTimeout(ctx, s.pingEvery)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			if isTimeout(err) {
-				if time.Since(lastFrame) < staleAfter {
-					_ = ps.Ping(ctx) // a write error shows up in the next receive
-					continue
-				}
-				s.log.Warn("Redis subscription connection silent: reconnecting; messages may have been lost", "silent_for", time.Since(lastFrame).Round(time.Millisecond))
-				s.stats.subscriptionReconnects.Add(1)
-				ps = s.replace(ctx)
-				s.events.subscriptionsLost()
-				lastFrame = time.Now()
-				continue
-			}
-			// The connection broke. go-redis reconnects on the next
-			// receive and resubscribes every channel it has.
-			if !down {
-				down = true
-				s.stats.subscriptionReconnects.Add(1)
-				s.log.Warn("Redis subscription connection lost; messages published until it is back are lost", "err", err)
-			}
-			s.connectionLost(false)
-			s.events.subscriptionsLost()
-			backoff = min(max(2*backoff, 50*time.Millisecond), time.Second)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			continue
-		}
-		lastFrame = time.Now()
-		backoff = 0
-		if down {
-			down = false
-			s.log.Info("Redis subscription connection back")
-		}
-		switch m := msg.(type) {
-		case *redis.Message:
-			if room, ok := s.keys.roomOf(m.Channel); ok {
-				s.events.roomMessage(room, []byte(m.Payload))
-			}
-		case *redis.Subscription:
-			s.confirm(m)
-		}
-	}
-}
-
 // confirm applies Redis's reply to a SUBSCRIBE or UNSUBSCRIBE.
 func (s *subscriber) confirm(m *redis.Subscription) {
 	room, ok := s.keys.roomOf(m.Channel)
@@ -421,18 +350,4 @@ func (s *subscriber) connectionLost(replaced bool) []string {
 		}
 	}
 	return wanted
-}
-
-// replace closes a silent PubSub and subscribes a new one to every wanted
-// room; the confirmations then resume the rooms.
-func (s *subscriber) replace(ctx context.Context) *redis.PubSub {
-	s.psMu.Lock()
-	defer s.psMu.Unlock()
-	if s.psClosed {
-		return s.ps
-	}
-	_ = s.ps.Close()
-	wanted := s.connectionLost(true)
-	s.ps = s.redis.Subscribe(ctx, s.channels(wanted)...)
-	return s.ps
 }
