@@ -74,6 +74,7 @@ type Handler struct {
 
 	mu      sync.Mutex
 	clients map[*client]struct{}
+	open    int // connections admitted, upgrading or served
 	closed  bool
 
 	conns     sync.WaitGroup // connection goroutines: readers and writers

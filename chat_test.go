@@ -364,3 +364,26 @@ func TestAnonymousUser(t *testing.T) {
 		t.Fatalf("user = %q, want anon-<random>", u)
 	}
 }
+
+// Over WithMaxConnections an upgrade is refused with HTTP 503 and counted;
+// a place freed is a place taken again.
+func TestMaxConnections(t *testing.T) {
+	in := newInstance(t, miniBackend(t), WithMaxConnections(2))
+	a := in.connect(t, "room=full&user=a")
+	in.connect(t, "room=full&user=b")
+	if c, status, err := wstest.Dial(t, in.url+"?room=full&user=c", nil); status != http.StatusServiceUnavailable {
+		t.Fatalf("third connection: status %d (%v), want 503", status, err)
+	} else if c != nil {
+		c.Close()
+	}
+	if got := in.h.Stats().ConnectionsRefused; got != 1 {
+		t.Errorf("Stats().ConnectionsRefused = %d, want 1", got)
+	}
+	a.Close()
+	eventually(t, wait, "a's place freed", func() bool {
+		in.h.mu.Lock()
+		defer in.h.mu.Unlock()
+		return in.h.open == 1
+	})
+	in.connect(t, "room=full&user=d").Close()
+}

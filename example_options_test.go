@@ -290,3 +290,21 @@ func ExampleWithTimeouts() {
 	// connections: 1
 	// connections 1.5 s later: 0
 }
+
+// The Handler serves at most n connections; the next upgrade is refused
+// with HTTP 503 before any work is done for it.
+func ExampleWithMaxConnections() {
+	mr, pub, sub := redisPair()
+	defer mr.Close()
+	h := chat.New(pub, sub, chat.WithMaxConnections(1))
+	defer h.Shutdown(context.Background())
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+
+	first := dial(srv, "?room=lobby")
+	defer first.Close()
+	_, err := websocket.Dial(wsURL(srv, "?room=lobby"), "", srv.URL)
+	fmt.Println(err != nil, h.Stats().ConnectionsRefused)
+	// Output:
+	// true 1
+}

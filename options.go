@@ -23,6 +23,7 @@ type config struct {
 	ratePerSec   float64 // <= 0: unlimited
 	rateBurst    int
 	maxRooms     int
+	maxConns     int
 	pingInterval time.Duration
 	readTimeout  time.Duration
 	writeTimeout time.Duration
@@ -43,6 +44,7 @@ func defaultConfig() config {
 		ratePerSec:       20,
 		rateBurst:        40,
 		maxRooms:         32,
+		maxConns:         10000,
 		pingInterval:     25 * time.Second,
 		readTimeout:      60 * time.Second,
 		writeTimeout:     10 * time.Second,
@@ -149,6 +151,20 @@ func WithMaxRooms(n int) Option {
 	return func(c *config) {
 		if n > 0 {
 			c.maxRooms = n
+		}
+	}
+}
+
+// WithMaxConnections sets how many WebSocket connections the Handler
+// serves at once (default 10,000: about 120 MiB of memory when idle). An
+// upgrade over it is refused with HTTP 503, before any work is done for
+// it, and counted in Stats. A limit per client IP belongs in the
+// application, which knows where the client's address is (behind a proxy,
+// not in RemoteAddr): see the package's examples. n <= 0 keeps the default.
+func WithMaxConnections(n int) Option {
+	return func(c *config) {
+		if n > 0 {
+			c.maxConns = n
 		}
 	}
 }

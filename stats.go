@@ -9,6 +9,7 @@ type Stats struct {
 	Connections         int    // WebSocket connections open now
 	Rooms               int    // rooms with a member or a pending join on this instance now
 	ConnectionsAccepted uint64 // WebSocket upgrades served
+	ConnectionsRefused  uint64 // upgrades refused with HTTP 503: WithMaxConnections reached
 
 	MessagesPublished uint64 // messages Redis accepted from this instance (clients' and Publish's)
 	Deliveries        uint64 // message frames queued for local members
@@ -32,6 +33,7 @@ type Drops struct {
 // counters are the live values behind Stats, updated without locks.
 type counters struct {
 	connectionsAccepted    atomic.Uint64
+	connectionsRefused     atomic.Uint64
 	messagesPublished      atomic.Uint64
 	deliveries             atomic.Uint64
 	slowClients            atomic.Uint64
@@ -53,6 +55,7 @@ func (h *Handler) Stats() Stats {
 		Connections:         conns,
 		Rooms:               h.hub.roomCount(),
 		ConnectionsAccepted: c.connectionsAccepted.Load(),
+		ConnectionsRefused:  c.connectionsRefused.Load(),
 		MessagesPublished:   c.messagesPublished.Load(),
 		Deliveries:          c.deliveries.Load(),
 		Dropped: Drops{

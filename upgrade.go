@@ -3,6 +3,7 @@ package chat
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -40,14 +41,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "chat: expected a WebSocket upgrade", http.StatusBadRequest)
 		return
 	}
-	if !h.acquireConn() {
-		http.Error(w, "chat: server shutting down", http.StatusServiceUnavailable)
+	if err := h.acquireConn(); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	served := false // the connection was handed to its own goroutine
 	defer func() {
 		if !served {
-			h.conns.Done()
+			h.releaseConn()
 		}
 	}()
 
@@ -77,7 +78,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			c := newClient(h, ws, wire, user, cancel)
 			h.stats.connectionsAccepted.Add(1)
 			go func() {
-				defer h.conns.Done()
+				defer h.releaseConn()
 				defer cancel()
 				switch {
 				case !h.register(c):
@@ -169,14 +170,29 @@ func (h *Handler) originAllowed(r *http.Request) bool {
 	return err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host)
 }
 
-func (h *Handler) acquireConn() bool {
+// acquireConn admits one more connection, or says why not: the Handler
+// is shut down or serves WithMaxConnections already (counted in Stats).
+func (h *Handler) acquireConn() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.closed {
-		return false
+	switch {
+	case h.closed:
+		return errors.New("chat: server shutting down")
+	case h.open >= h.cfg.maxConns:
+		h.stats.connectionsRefused.Add(1)
+		return errors.New("chat: too many connections; try again later")
 	}
+	h.open++
 	h.conns.Add(1)
-	return true
+	return nil
+}
+
+// releaseConn ends what acquireConn admitted.
+func (h *Handler) releaseConn() {
+	h.mu.Lock()
+	h.open--
+	h.mu.Unlock()
+	h.conns.Done()
 }
 
 func (h *Handler) register(c *client) bool {
