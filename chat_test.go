@@ -333,13 +333,17 @@ func TestBadQueryClosesWith1008(t *testing.T) {
 }
 
 // The authenticate hook runs before the upgrade: an error is a 401, and
-// the user it returns is the one on messages, whatever the query says.
+// the user it returns is the one on messages, whatever the query says, if
+// it is a valid name.
 func TestAuthenticateHook(t *testing.T) {
 	in := newInstance(t, miniBackend(t), WithAuthenticate(func(r *http.Request) (string, error) {
-		if r.Header.Get("Cookie") != "session=carol" {
-			return "", errors.New("no session")
+		switch r.Header.Get("Cookie") {
+		case "session=carol":
+			return "carol", nil
+		case "session=bell": // an account name no display may show
+			return "\abell", nil
 		}
-		return "carol", nil
+		return "", errors.New("no session")
 	}))
 	if _, status, _ := wstest.Dial(t, in.url+"?room=auth&user=carol", nil); status != 401 {
 		t.Fatalf("no session: status %d, want 401", status)
@@ -352,6 +356,14 @@ func TestAuthenticateHook(t *testing.T) {
 	must(t, c.SendJSON(msgFrame("auth", "it's me", "")))
 	if m := c.Next(t, "message", wait); m["user"] != "carol" {
 		t.Fatalf("message user = %v, want the hook's carol", m["user"])
+	}
+	// The hook's names are held to the same rule as ?user=.
+	bad, status, err := wstest.Dial(t, in.url+"?room=auth", http.Header{"Cookie": {"session=bell"}})
+	if status != 101 {
+		t.Fatalf("invalid name from the hook: status %d (%v), want 101 then close 1008", status, err)
+	}
+	if code := bad.ExpectClose(t, wait); code != 1008 || !strings.Contains(bad.CloseReason, "invalid user name") {
+		t.Errorf("invalid name from the hook: close %d %q, want 1008 naming it", code, bad.CloseReason)
 	}
 }
 

@@ -128,15 +128,17 @@ func (h *Handler) authenticate(r *http.Request) (string, error) {
 }
 
 // parseQuery returns the user's display name (user, the hook's choice, or
-// else ?user=; an anonymous one when neither names one) and the distinct
-// rooms named by ?room=, or the first problem with them.
+// else ?user=; an anonymous one when neither names one), validated
+// whatever its source, and the distinct rooms named by ?room=, or the first
+// problem with them.
 func (h *Handler) parseQuery(r *http.Request, user string) (string, []string, error) {
 	q := r.URL.Query()
 	if h.cfg.authenticate == nil {
 		user = q.Get("user")
-		if user != "" && !validUser(user) {
-			return "", nil, ErrInvalidUser
-		}
+	}
+	// The hook's names too: a name is shown to every member of a room.
+	if user != "" && !validUser(user) {
+		return "", nil, ErrInvalidUser
 	}
 	if user == "" {
 		user = "anon-" + randomHex(3)
