@@ -33,6 +33,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/chatrelay/chat"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/net/netutil"
 )
 
 //go:embed index.html app.js style.css
@@ -45,14 +46,24 @@ var page = template.Must(template.ParseFS(assets, "index.html"))
 const csp = "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
 func main() {
-	addrs := flag.String("addr", "", "comma-separated listen addresses, one chat instance each\n(default \":8080,:8081\" with the embedded Redis, \":8080\" otherwise)")
+	addrs := flag.String("addr", "", "comma-separated listen addresses, one chat instance each (default\n\"127.0.0.1:8080,127.0.0.1:8081\" with the embedded Redis, \"127.0.0.1:8080\"\notherwise; \":8080\" listens on every interface)")
 	redisURL := flag.String("redis", "", "Redis URL such as redis://127.0.0.1:6379/0 (default $REDIS_URL;\nneither set: an embedded miniredis)")
-	rate := flag.Float64("rate-limit", 20, "messages per second per connection, in bursts of twice that; 0 = no limit")
+	var set settings
+	flag.Float64Var(&set.rate, "rate-limit", 20, "messages per second per connection, in bursts of twice that; 0 = no limit")
+	flag.IntVar(&set.maxConns, "max-conns", 10000, "WebSocket connections per instance (over it: HTTP 503)")
+	flag.IntVar(&set.perIP, "max-conns-per-ip", 256, "connections open at once from one IP address, per instance; 0 = no limit\n(behind a reverse proxy, limit there instead)")
 	flag.Parse()
 	if *redisURL == "" {
 		*redisURL = os.Getenv("REDIS_URL")
 	}
-	os.Exit(run(*addrs, *redisURL, *rate))
+	os.Exit(run(*addrs, *redisURL, set))
+}
+
+// settings are the demo's limits, from its flags.
+type settings struct {
+	rate     float64 // messages per second per connection; 0: none
+	maxConns int     // WebSocket connections per instance
+	perIP    int     // connections at once from one IP; 0: none
 }
 
 // instance is one chat server: an address, a Handler and its Redis clients.
@@ -65,7 +76,7 @@ type instance struct {
 	url      string
 }
 
-func run(addrList, redisURL string, rate float64) int {
+func run(addrList, redisURL string, set settings) int {
 	base := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	redisDesc := redisURL
 	if redisURL == "" {
@@ -79,15 +90,19 @@ func run(addrList, redisURL string, rate float64) int {
 		redisURL = "redis://" + mr.Addr()
 		redisDesc = "embedded miniredis at " + mr.Addr()
 		if addrList == "" {
-			addrList = ":8080,:8081"
+			addrList = "127.0.0.1:8080,127.0.0.1:8081"
 		}
 	} else if addrList == "" {
-		addrList = ":8080"
+		addrList = "127.0.0.1:8080"
 	}
 	opt, err := redis.ParseURL(redisURL)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "-redis:", err)
 		return 2
+	}
+	if err := ping(opt); err != nil {
+		fmt.Fprintf(os.Stderr, "cannot reach Redis at %s: %v\n", redisDesc, err)
+		return 1
 	}
 
 	var insts []*instance
@@ -99,7 +114,7 @@ func run(addrList, redisURL string, rate float64) int {
 	}()
 	var ids []string
 	for _, addr := range strings.Split(addrList, ",") {
-		in, err := newInstance(strings.TrimSpace(addr), opt, rate, base)
+		in, err := newInstance(strings.TrimSpace(addr), opt, set, base)
 		if in != nil {
 			insts = append(insts, in)
 		}
@@ -108,7 +123,7 @@ func run(addrList, redisURL string, rate float64) int {
 			return 1
 		}
 		ids = append(ids, in.h.InstanceID())
-		in.log.Info("chat instance listening", "url", in.url, "redis", redisDesc, "rate_limit", rate)
+		in.log.Info("chat instance listening", "url", in.url, "redis", redisDesc, "rate_limit", set.rate, "max_conns", set.maxConns, "max_conns_per_ip", set.perIP)
 	}
 	// go-redis logs through one global logger (reconnects, dial failures); it
 	// cannot tell which instance a line is about, so it names them all.
@@ -153,13 +168,13 @@ func run(addrList, redisURL string, rate float64) int {
 	return code
 }
 
-func newInstance(addr string, opt *redis.Options, rate float64, base *slog.Logger) (*instance, error) {
+func newInstance(addr string, opt *redis.Options, set settings, base *slog.Logger) (*instance, error) {
 	in := &instance{pub: redis.NewClient(opt), sub: redis.NewClient(opt)}
 	burst := 0
-	if rate > 0 {
-		burst = max(1, int(math.Ceil(2*rate)))
+	if set.rate > 0 {
+		burst = max(1, int(math.Ceil(2*set.rate)))
 	}
-	in.h = chat.New(in.pub, in.sub, chat.WithLogger(base), chat.WithRateLimit(rate, burst))
+	in.h = chat.New(in.pub, in.sub, chat.WithLogger(base), chat.WithRateLimit(set.rate, burst), chat.WithMaxConnections(set.maxConns))
 	in.log = base.With("instance", in.h.InstanceID())
 
 	mux := http.NewServeMux()
@@ -171,9 +186,16 @@ func newInstance(addr string, opt *redis.Options, rate float64, base *slog.Logge
 	mux.HandleFunc("GET /healthz", in.healthz)
 	mux.HandleFunc("GET /info", in.info)
 	mux.Handle("GET /metrics", metricsHandler(in.h))
+	// Bounds for every connection before it becomes a WebSocket (net/http
+	// clears the deadlines at the hijack; the Handler keeps its own): small
+	// headers, read in time, and no idle keep-alive kept for long.
 	in.srv = &http.Server{
 		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(in.log.Handler(), slog.LevelWarn),
 	}
 
@@ -181,22 +203,36 @@ func newInstance(addr string, opt *redis.Options, rate float64, base *slog.Logge
 	if err != nil {
 		return in, err
 	}
-	in.ln = ln
+	// Every connection counts, WebSockets and plain requests alike: a little
+	// over the WebSocket cap, so that a full instance still answers 503,
+	// /healthz and /metrics.
+	in.ln = netutil.LimitListener(limitPerIP(ln, set.perIP), set.maxConns+256)
 	in.url = "http://" + browsable(ln.Addr())
 	return in, nil
 }
 
 // browsable turns a listen address into host:port for a URL: an unspecified
-// host (":8080", "0.0.0.0:8080", "[::]:8080") becomes localhost.
+// or loopback host (":8080", "0.0.0.0:8080", "127.0.0.1:8080") becomes
+// localhost.
 func browsable(a net.Addr) string {
 	host, port, err := net.SplitHostPort(a.String())
 	if err != nil {
 		return a.String()
 	}
-	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+	if ip := net.ParseIP(host); host == "" || (ip != nil && (ip.IsUnspecified() || ip.IsLoopback())) {
 		host = "localhost"
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// ping checks that Redis answers, so that a wrong -redis fails at start
+// with a clear message rather than serving a chat that cannot relay.
+func ping(opt *redis.Options) error {
+	c := redis.NewClient(opt)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return c.Ping(ctx).Err()
 }
 
 func (in *instance) index(w http.ResponseWriter, r *http.Request) {

@@ -24,7 +24,7 @@ import (
 // text parser against the Handler's Stats.
 func TestMetricsEndpoint(t *testing.T) {
 	mr := miniredis.RunT(t)
-	in, err := newInstance("127.0.0.1:0", &redis.Options{Addr: mr.Addr()}, 20, slog.New(slog.DiscardHandler))
+	in, err := newInstance("127.0.0.1:0", &redis.Options{Addr: mr.Addr()}, settings{rate: 20, maxConns: 100}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
