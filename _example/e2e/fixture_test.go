@@ -15,7 +15,8 @@ import (
 	"github.com/chatrelay/chat/internal/wstest"
 )
 
-// TestMain removes the demo binary the tests build.
+// TestMain reports tests skipped for want of redis-server and removes the
+// demo binary the tests build.
 func TestMain(m *testing.M) { demotest.Main(m) }
 
 // instanceID asks an instance for its ID (GET /info).

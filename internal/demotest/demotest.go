@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/chatrelay/chat/internal/redistest"
 )
 
 const (
@@ -39,10 +41,12 @@ var build struct {
 	err  error
 }
 
-// Main runs the tests and exits with their status, after removing the demo
-// binary that Binary built. Call it from TestMain.
+// Main runs the tests and exits with their status, after reporting tests
+// skipped for want of redis-server and removing the demo binary that
+// Binary built. Call it from TestMain.
 func Main(m *testing.M) {
 	code := m.Run()
+	redistest.ReportSkips()
 	if build.dir != "" {
 		_ = os.RemoveAll(build.dir)
 	}

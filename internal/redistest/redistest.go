@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,6 +44,30 @@ type Server struct {
 	done chan struct{} // closed when cmd has been waited for
 }
 
+// skipped counts the tests Start skipped, for ReportSkips.
+var skipped atomic.Int64
+
+// ReportSkips prints one line if Start skipped tests for want of
+// redis-server, so that a plain "ok" does not hide them. Call it from
+// TestMain after m.Run. go test shows a passing package's output only with
+// -v, so the line goes to the terminal (/dev/tty) when there is one, and to
+// standard output otherwise.
+func ReportSkips() {
+	if skipped.Load() == 0 {
+		return
+	}
+	var w io.Writer = os.Stdout
+	if tty, err := os.OpenFile("/dev/tty", os.O_WRONLY, 0); err == nil {
+		defer tty.Close()
+		w = tty
+	}
+	reportSkips(w, skipped.Load())
+}
+
+func reportSkips(w io.Writer, n int64) {
+	fmt.Fprintf(w, "%s: %d tests against a real Redis were SKIPPED: redis-server is not in PATH; install it (apt-get install redis-server) to run them, or set CHAT_REQUIRE_REDIS=1 to make that a failure\n", filepath.Base(os.Args[0]), n)
+}
+
 // Start starts `redis-server --port P --bind 127.0.0.1 --save ""
 // --appendonly no --dir <t.TempDir()> args...` on a free port and waits (up
 // to 10 s) until it answers PING. args are extra server arguments, such as
@@ -58,6 +84,7 @@ func Start(t testing.TB, args ...string) *Server {
 		if os.Getenv("CHAT_REQUIRE_REDIS") == "1" {
 			t.Fatalf("CHAT_REQUIRE_REDIS=1 but redis-server not found in PATH: %v", err)
 		}
+		skipped.Add(1)
 		t.Skip(msg)
 	}
 	dir := t.TempDir()
