@@ -64,6 +64,8 @@ func newStatsCollector(id string, stats func() chat.Stats) *statsCollector {
 				func(s chat.Stats) int { return s.Rooms }),
 			counter("chat_connections_accepted_total", "WebSocket upgrades served.",
 				func(s chat.Stats) uint64 { return s.ConnectionsAccepted }),
+			counter("chat_connections_refused_total", "WebSocket upgrades refused with HTTP 503: the connection cap was reached.",
+				func(s chat.Stats) uint64 { return s.ConnectionsRefused }),
 			counter("chat_messages_published_total", "Messages Redis accepted from this instance (clients' and Publish's).",
 				func(s chat.Stats) uint64 { return s.MessagesPublished }),
 			counter("chat_deliveries_total", "Message frames queued for local members.",

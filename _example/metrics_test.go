@@ -68,6 +68,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		"chat_rooms":       1,
 		"chat_instance_info{instance_id=" + in.h.InstanceID() + "}": 1,
 		"chat_connections_accepted_total":                           float64(s.ConnectionsAccepted),
+		"chat_connections_refused_total":                            float64(s.ConnectionsRefused),
 		"chat_messages_published_total":                             float64(s.MessagesPublished),
 		"chat_deliveries_total":                                     float64(s.Deliveries),
 		"chat_dropped_total{reason=slow_client}":                    float64(s.Dropped.SlowClients),
@@ -144,7 +145,7 @@ func value(typ dto.MetricType, m *dto.Metric) float64 {
 func TestStatsCollector(t *testing.T) {
 	c := newStatsCollector("abc123", func() chat.Stats {
 		return chat.Stats{
-			Connections: 3, Rooms: 2, ConnectionsAccepted: 10,
+			Connections: 3, Rooms: 2, ConnectionsAccepted: 10, ConnectionsRefused: 9,
 			MessagesPublished: 20, Deliveries: 30,
 			Dropped:     chat.Drops{SlowClients: 1, RateLimited: 4, BadFrames: 5, Unavailable: 6},
 			RedisErrors: 7, SubscriptionReconnects: 8,
@@ -157,6 +158,9 @@ chat_connections 3
 # HELP chat_connections_accepted_total WebSocket upgrades served.
 # TYPE chat_connections_accepted_total counter
 chat_connections_accepted_total 10
+# HELP chat_connections_refused_total WebSocket upgrades refused with HTTP 503: the connection cap was reached.
+# TYPE chat_connections_refused_total counter
+chat_connections_refused_total 9
 # HELP chat_deliveries_total Message frames queued for local members.
 # TYPE chat_deliveries_total counter
 chat_deliveries_total 30
@@ -185,7 +189,7 @@ chat_subscription_reconnects_total 8
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
-	if n := testutil.CollectAndCount(c); n != 12 {
-		t.Errorf("%d samples, want 12", n)
+	if n := testutil.CollectAndCount(c); n != 13 {
+		t.Errorf("%d samples, want 13", n)
 	}
 }
