@@ -1,9 +1,16 @@
 package main
 
 import (
+	"context"
+	"log/slog"
 	"net"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 )
 
 // A -redis that cannot be reached stops the demo at start, with exit
@@ -21,5 +28,34 @@ func TestUnreachableRedisFailsFast(t *testing.T) {
 	}
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("took %v to give up, want a few seconds at most", took)
+	}
+}
+
+// The demo's server bounds what a request may make it hold: a header of
+// 64 KiB is refused (431) rather than buffered, which is what kept 1,000
+// connections with unfinished 1 MiB headers from taking gigabytes.
+func TestLargeHeaderRefused(t *testing.T) {
+	mr := miniredis.RunT(t)
+	in, err := newInstance("127.0.0.1:0", &redis.Options{Addr: mr.Addr()}, settings{maxConns: 10}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go in.srv.Serve(in.ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		in.shutdown(ctx)
+		in.pub.Close()
+		in.sub.Close()
+	})
+	req, _ := http.NewRequest("GET", in.url+"/healthz", nil)
+	req.Header.Set("X-Big", strings.Repeat("a", 64<<10))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("64 KiB header: status %d, want 431", resp.StatusCode)
 	}
 }
