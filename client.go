@@ -30,7 +30,8 @@ type client struct {
 	// (false: waiting for Redis to confirm). Guarded by hub.mu.
 	rooms map[string]bool
 
-	limiter    rateLimiter // reader only
+	limiter    rateLimiter // every frame; reader only
+	joins      rateLimiter // joins, which make Redis hold a key each; reader only
 	pingBucket uint8       // which tick of the keepalive loop pings this client
 	lane       int         // the publisher lane that sends this client's messages, in order
 
@@ -55,6 +56,7 @@ func newClient(h *Handler, ws *websocket.Conn, wire *wireConn, user string, canc
 		cancel:     cancel,
 		rooms:      make(map[string]bool),
 		limiter:    newRateLimiter(h.cfg.ratePerSec, h.cfg.rateBurst),
+		joins:      newJoinLimiter(&h.cfg),
 		pingBucket: uint8(rand.IntN(pingBuckets)),
 		lane:       rand.IntN(publishLanes),
 		writerDone: make(chan struct{}),

@@ -2,6 +2,7 @@ package chat
 
 import (
 	"context"
+	"strconv"
 	"time"
 )
 
@@ -16,9 +17,29 @@ import (
 // subscriber reports (subscriptionEvents, below) with none of its locks
 // held; the relay of a message takes hub.mu only.
 
+// joinsPerMinute is how fast a connection may join rooms once it has used
+// its first WithMaxRooms joins. Each join can make Redis hold a room key
+// for the room TTL, so this bounds what one connection makes Redis hold:
+// at most maxRooms + joinsPerMinute × TTL-in-minutes keys (92 with the
+// defaults), however it churns through room names.
+const joinsPerMinute = 12
+
+// newJoinLimiter is a connection's join budget: bursts of maxRooms, then
+// joinsPerMinute; unlimited when the rate limit is off.
+func newJoinLimiter(cfg *config) rateLimiter {
+	if cfg.ratePerSec <= 0 {
+		return newRateLimiter(0, 1)
+	}
+	return newRateLimiter(joinsPerMinute/60.0, cfg.maxRooms)
+}
+
 // join puts c in room; the client hears "joined" once Redis has confirmed
-// the room's subscription.
+// the room's subscription. Called on c's reader goroutine.
 func (h *Handler) join(c *client, room, ref string) {
+	if !c.joins.allow(time.Now()) {
+		c.sendError(codeRateLimited, "too many joins: at most "+strconv.Itoa(joinsPerMinute)+" a minute after the first "+strconv.Itoa(h.cfg.maxRooms), ref)
+		return
+	}
 	h.roomsMu.Lock()
 	defer h.roomsMu.Unlock()
 	if h.hub.join(c, room, ref) && h.sub.acquire(room) {
