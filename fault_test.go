@@ -76,7 +76,9 @@ func TestRedisConnectionsFrozen(t *testing.T) {
 	be := realRedis(t)
 	pubProxy, subProxy := proxytest.Start(t, be.addr), proxytest.Start(t, be.addr)
 	via := func(p *proxytest.Proxy) *redis.Client {
-		c := redis.NewClient(&redis.Options{Addr: p.Addr})
+		// A read timeout longer than the publish timeout: the 3 s answer
+		// must not depend on the client's options.
+		c := redis.NewClient(&redis.Options{Addr: p.Addr, ReadTimeout: 20 * time.Second})
 		t.Cleanup(func() { _ = c.Close() })
 		return c
 	}
@@ -108,6 +110,9 @@ func TestRedisConnectionsFrozen(t *testing.T) {
 			resumedAfter = time.Since(frozen)
 			got["joined"] = true
 		case f["type"] == "error" && f["code"] == codeUnavailable && f["ref"] == "stuck":
+			if d := time.Since(frozen); d > a.h.cfg.publishTimeout+500*time.Millisecond {
+				t.Errorf("stuck send answered after %v, want within the publish timeout (%v)", d, a.h.cfg.publishTimeout)
+			}
 			got["error"] = true
 		case f["type"] == "joined" && f["room"] == "newice",
 			f["type"] == "error" && f["code"] == codeUnavailable && f["ref"] == "j-new":
