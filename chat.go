@@ -20,9 +20,11 @@
 // protocol described in the README: join, leave and message frames in;
 // joined, left, message and error frames out.
 //
-// Delivery is at most once, as Redis Pub/Sub is: messages published while an
-// instance's subscription connection is down are lost to that instance's
-// clients, who are then sent {"type":"joined","room":…,"resumed":true}.
+// A Redis that stalls loses nothing: a silent subscription connection is
+// replaced make-before-break. Beyond that delivery is at most once, as
+// Redis Pub/Sub is: messages published while an instance's subscription
+// connection is broken are lost to that instance's clients, who are then
+// sent {"type":"joined","room":…,"resumed":true}.
 package chat
 
 import (
@@ -54,10 +56,11 @@ var (
 // A Handler is the go-between of its components (see the README's
 // Architecture section): clients (client.go) read and write the
 // connections, the hub (hub.go) knows who is in which room, the publisher
-// (publish.go) and the subscriber (subscribe.go) talk to Redis, and
-// roomActivity (ttl.go) keeps the room keys alive. None of them calls
-// another; the subscriber and the publisher report up through
-// subscriptionEvents and publishOutcome.
+// (publish.go) and the subscriber (subscribe.go, receive.go) talk to Redis,
+// and roomActivity (ttl.go) keeps the room keys alive. A client asks its
+// Handler for what each frame requests; the hub, the publisher and the
+// subscriber never call one another, and the latter two report up only
+// through subscriptionEvents and publishOutcome.
 type Handler struct {
 	cfg      config
 	id       string
