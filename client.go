@@ -40,6 +40,7 @@ type client struct {
 	queued      int      // bytes in queue, held to the send-queue budget
 	spare       [][]byte // the writer's last batch, reused as the next queue
 	pingDue     bool
+	pong        []byte // the payload of the latest ping to answer; nil: none
 	closeMsg    []byte // close frame payload the writer sends after the queue
 	writing     bool   // a writer goroutine is running
 	closing     bool   // a close frame was queued or the connection failed: queue nothing more
@@ -65,66 +66,26 @@ func newClient(h *Handler, ws *websocket.Conn, wire *wireConn, user string, canc
 	return c
 }
 
-// textOnly receives one frame's payload, refusing binary frames.
-var textOnly = websocket.Codec{
-	Unmarshal: func(data []byte, payloadType byte, v any) error {
-		if payloadType != websocket.TextFrame {
-			return errBinaryFrame
-		}
-		*v.(*[]byte) = data
-		return nil
-	},
+// serve joins the rooms named at connect, then reads frames until the
+// connection ends (reader.go), and cleans up.
+// Its frame is small: an idle connection waits below it (readFrames).
+func (c *client) serve(ctx context.Context, rooms []string) {
+	c.start(rooms)
+	c.finish(c.readFrames(ctx))
 }
 
-var errBinaryFrame = errors.New("binary frame")
-
-// serve joins the rooms named at connect, then reads frames until the
-// connection ends, and cleans up.
-func (c *client) serve(ctx context.Context, rooms []string) {
-	log := c.h.log
-	log.Debug("client connected", "user", c.user, "remote", c.wire.RemoteAddr().String())
+func (c *client) start(rooms []string) {
+	c.h.log.Debug("client connected", "user", c.user, "remote", c.wire.RemoteAddr().String())
 	for _, room := range rooms {
 		c.h.join(c, room, "")
 	}
-	var err error
-	for {
-		// Wait for the next frame here, shallow on the stack, rather than
-		// deep inside x/net: the runtime then shrinks an idle connection's
-		// stack to 4 KiB instead of keeping 8.
-		if _, err = c.wire.reader.Peek(1); err != nil {
-			break
-		}
-		var data []byte
-		err = textOnly.Receive(c.ws, &data)
-		if c.isClosing() {
-			// Our close frame is out: discard everything until the peer's
-			// close frame (io.EOF) or the close deadline.
-			if err != nil {
-				break
-			}
-			continue
-		}
-		if err == errBinaryFrame {
-			c.sendError(codeBadRequest, "binary frames are not supported; send JSON text frames", "")
-			continue
-		}
-		if err == websocket.ErrFrameTooLarge {
-			c.closeWith(closeTooBig, "frame larger than "+strconv.Itoa(c.h.cfg.frameLimit())+" bytes", false)
-			continue // drain until the peer answers the close
-		}
-		if err != nil {
-			break
-		}
-		c.handle(ctx, data)
-	}
-	c.finish(err)
-	log.Debug("client disconnected", "user", c.user, "reason", err)
 }
 
-// handle acts on one text frame from the client.
-func (c *client) handle(ctx context.Context, data []byte) {
+// handle acts on one text message from the client; refused: it was over
+// the rate limit.
+func (c *client) handle(ctx context.Context, data []byte, refused bool) {
 	f, rerr := decodeFrame(data)
-	if !c.limiter.allow(time.Now()) {
+	if refused {
 		c.sendError(codeRateLimited, "too many frames; slow down", f.Ref)
 		return
 	}
@@ -201,6 +162,24 @@ func (c *client) ping() {
 	}
 }
 
+// answerPing has the writer answer a ping with payload, before its next
+// batch; start: now, rather than with whatever it sends next. A newer ping
+// replaces one not answered yet (RFC 6455 §5.5.3 allows it).
+func (c *client) answerPing(payload []byte, start bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return
+	}
+	if payload == nil {
+		payload = []byte{}
+	}
+	c.pong = payload
+	if start {
+		c.startWriterLocked()
+	}
+}
+
 func (c *client) isClosing() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -258,10 +237,10 @@ func (c *client) writeLoop() {
 	}()
 	for {
 		c.mu.Lock()
-		batch, ping, closeMsg := c.queue, c.pingDue, c.closeMsg
-		c.queue, c.spare, c.pingDue, c.closeMsg = c.spare, nil, false, nil
+		batch, ping, pong, closeMsg := c.queue, c.pingDue, c.pong, c.closeMsg
+		c.queue, c.spare, c.pingDue, c.pong, c.closeMsg = c.spare, nil, false, nil, nil
 		c.queued = 0
-		if len(batch) == 0 && !ping && closeMsg == nil {
+		if len(batch) == 0 && !ping && pong == nil && closeMsg == nil {
 			c.writing = false
 			if cap(c.queue) > idleQueueCap {
 				c.queue = nil // an idle client holds no large queue
@@ -277,7 +256,11 @@ func (c *client) writeLoop() {
 		if closeMsg != nil {
 			c.logClose(closeMsg) // here, outside every lock, not where the close was decided
 		}
-		b := appendBatch((*bp)[:0], ping, batch, closeMsg)
+		b := (*bp)[:0]
+		if pong != nil {
+			b = appendFrame(b, opPong, pong)
+		}
+		b = appendBatch(b, ping, batch, closeMsg)
 		*bp = b
 		_, err := c.wire.Write(b)
 		clear(batch) // let the frames go
@@ -297,14 +280,15 @@ func (c *client) writeLoop() {
 }
 
 // logClose records why the server closes a connection: a slow client is a
-// warning, an oversized frame worth noting, the rest routine.
+// warning, a client that broke the protocol or a policy worth noting, the
+// rest routine.
 func (c *client) logClose(payload []byte) {
 	code := binary.BigEndian.Uint16(payload)
 	level := slog.LevelDebug
 	switch code {
 	case closeTryLater:
 		level = slog.LevelWarn
-	case closeTooBig:
+	case closeTooBig, closeProtocol, closeBadData, closePolicy:
 		level = slog.LevelInfo
 	}
 	c.h.log.Log(context.Background(), level, "closing client", "user", c.user, "code", code, "reason", string(payload[2:]))
@@ -365,6 +349,7 @@ func (c *client) finish(readErr error) {
 	if wait {
 		<-c.writerDone
 	}
+	c.h.log.Debug("client disconnected", "user", c.user, "reason", readErr)
 }
 
 // pingBuckets spreads pings over the interval so that a crowd of clients
@@ -401,13 +386,30 @@ func (h *Handler) pingLoop(ctx context.Context) {
 }
 
 // rateLimiter is a token bucket: rate frames per second, bursts of burst.
+// It also tells a client that slows down when refused from one that floods.
 type rateLimiter struct {
 	rate, burst, tokens float64
 	last                time.Time
+	refused             int       // frames refused since refusedSince
+	refusedSince        time.Time // start of the one-second window refused counts in
 }
 
 func newRateLimiter(rate float64, burst int) rateLimiter {
 	return rateLimiter{rate: rate, burst: float64(burst), tokens: float64(burst)}
+}
+
+// take spends a token on one frame. Without one the frame is refused (ok
+// false), and flood reports that more than burst frames were refused within
+// a second: the client keeps going at full speed past the limit.
+func (l *rateLimiter) take(now time.Time) (ok, flood bool) {
+	if l.allow(now) {
+		return true, false
+	}
+	if now.Sub(l.refusedSince) >= time.Second {
+		l.refused, l.refusedSince = 0, now
+	}
+	l.refused++
+	return false, l.refused > int(l.burst)
 }
 
 func (l *rateLimiter) allow(now time.Time) bool {

@@ -9,14 +9,19 @@ import (
 	"time"
 )
 
-// WebSocket opcodes and close codes the server writes itself.
+// WebSocket opcodes, and the close codes the server sends.
 const (
-	opText  = 0x1
-	opClose = 0x8
-	opPing  = 0x9
+	opContinuation = 0x0
+	opText         = 0x1
+	opBinary       = 0x2
+	opClose        = 0x8
+	opPing         = 0x9
+	opPong         = 0xA
 
 	closeNormal    = 1000
 	closeGoingAway = 1001
+	closeProtocol  = 1002
+	closeBadData   = 1007 // invalid UTF-8
 	closePolicy    = 1008
 	closeTooBig    = 1009
 	closeTryLater  = 1013
@@ -25,14 +30,14 @@ const (
 // wireConn is a client's TCP connection after the hijack. It exists because
 // x/net/websocket hides two things the server needs:
 //
-//   - Liveness. Pongs never reach the application, so a read deadline cannot
-//     be pushed back when one arrives. Instead every Read pushes the
-//     deadline to now+readTimeout: any byte from the peer, pong included,
-//     proves it alive, and a peer silent for readTimeout fails the read.
+//   - Liveness. Every Read pushes the deadline to now+readTimeout: any byte
+//     from the peer, pong included, proves it alive, and a peer silent for
+//     readTimeout fails the read. A frame being read is also bounded as a
+//     whole (frameBy), or a peer could drip one byte per readTimeout.
 //   - Write control. x/net writes one frame per syscall and only close code
 //     1000. The client's writer encodes frames itself and sends a whole
-//     batch, close frames with any code included, in one Write. wmu keeps
-//     those batches and x/net's own writes (handshake, pongs) whole.
+//     batch, close frames with any code and pongs included, in one Write.
+//     wmu keeps those batches and x/net's own writes (the handshake) whole.
 type wireConn struct {
 	net.Conn
 	reader       *bufio.Reader // what x/net reads frames from
@@ -41,6 +46,7 @@ type wireConn struct {
 	ahead        []byte       // bytes net/http read past the request before the hijack
 	closeBy      atomic.Int64 // Unix ns; once set, reads fail by then whatever arrives
 	detached     atomic.Bool  // the client's goroutine owns the connection: Close is a no-op
+	frameBy      int64        // Unix ns; the message being read must be whole by then (0: none). Reader only
 
 	wmu sync.Mutex
 }
@@ -64,6 +70,9 @@ func (w *wireConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	deadline := time.Now().Add(w.readTimeout).UnixNano()
+	if w.frameBy != 0 && w.frameBy < deadline {
+		deadline = w.frameBy
+	}
 	if by := w.closeBy.Load(); by != 0 && by < deadline {
 		deadline = by
 	}
@@ -73,6 +82,15 @@ func (w *wireConn) Read(p []byte) (int, error) {
 		_ = w.Conn.SetReadDeadline(time.Unix(0, by))
 	}
 	return w.Conn.Read(p)
+}
+
+// startFrame starts the clock of a message whose first byte arrived: it
+// must be read whole within d (the first fragment's clock runs on through
+// the others). The reader clears frameBy when the message is complete.
+func (w *wireConn) startFrame(d time.Duration) {
+	if w.frameBy == 0 {
+		w.frameBy = time.Now().Add(d).UnixNano()
+	}
 }
 
 // detach makes Close a no-op: x/net closes the connection when its handler
@@ -104,7 +122,7 @@ func (w *wireConn) reset() {
 }
 
 // Write sends p whole, within the write timeout. x/net uses it for the
-// handshake response and pongs; the client's writer for its batches.
+// handshake response; the client's writer for its batches.
 func (w *wireConn) Write(p []byte) (int, error) {
 	w.wmu.Lock()
 	defer w.wmu.Unlock()

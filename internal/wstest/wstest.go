@@ -212,36 +212,7 @@ func (c *Conn) SendClose(code uint16, reason string) error {
 // (binary, oversized, fragmented, ping, close). Each frame is written with a
 // 10 s write deadline.
 func (c *Conn) SendFrame(opcode byte, payload []byte, fin bool) error {
-	if opcode > 0x0f {
-		return fmt.Errorf("SendFrame: opcode %#x does not fit in 4 bits", opcode)
-	}
-	b0 := opcode
-	if fin {
-		b0 |= 0x80
-	}
-	n := len(payload)
-	frame := make([]byte, 0, 14+n)
-	switch {
-	case n < 126:
-		frame = append(frame, b0, 0x80|byte(n))
-	case n <= 0xffff:
-		frame = append(frame, b0, 0x80|126)
-		frame = binary.BigEndian.AppendUint16(frame, uint16(n))
-	default:
-		frame = append(frame, b0, 0x80|127)
-		frame = binary.BigEndian.AppendUint64(frame, uint64(n))
-	}
-	var mask [4]byte
-	_, _ = rand.Read(mask[:])
-	frame = append(frame, mask[:]...)
-	for i, b := range payload {
-		frame = append(frame, b^mask[i%4])
-	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_ = c.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-	_, err := c.conn.Write(frame)
-	return err
+	return c.SendFrameWith(opcode, payload, fin, FrameOptions{})
 }
 
 // ReadFrame reads the next frame, waiting at most timeout. Server pings are
