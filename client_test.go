@@ -298,14 +298,12 @@ func TestPingFloodCloses1008(t *testing.T) {
 	other.Next(t, "message", wait)
 }
 
-// A message must arrive whole within frameTimeout of its first byte: a
+// A message must arrive whole within the frame timeout of its first byte: a
 // client that drips a frame, or fragments, byte by byte is closed with 1008
 // although every byte keeps the connection's read deadline alive.
 func TestDripFedMessageCloses1008(t *testing.T) {
-	saved := frameTimeout
-	t.Cleanup(func() { frameTimeout = saved }) // after the instance's shutdown
-	frameTimeout = 300 * time.Millisecond
-	in := newInstance(t, miniBackend(t), WithRateLimit(0, 1))
+	const frameTimeout = 300 * time.Millisecond
+	in := newInstance(t, miniBackend(t), WithRateLimit(0, 1), func(c *config) { c.frameTimeout = frameTimeout })
 
 	// drip sends b in pieces of n bytes every 20 ms until it is sent, the
 	// connection fails, or the test ends.

@@ -33,6 +33,11 @@ type config struct {
 	publishTimeout   time.Duration // bound on one publish round trip
 	redisPing        time.Duration // liveness probe of the subscription connection
 	closeGrace       time.Duration // wait for the peer's close frame after ours
+	// frameTimeout bounds how long a client may take to send one message,
+	// from the first byte of its first frame to the last byte of its last
+	// fragment. Without it a client could hold a nearly complete frame open
+	// for ever by sending a byte every readTimeout.
+	frameTimeout time.Duration
 }
 
 func defaultConfig() config {
@@ -52,6 +57,7 @@ func defaultConfig() config {
 		publishTimeout:   3 * time.Second,
 		redisPing:        500 * time.Millisecond,
 		closeGrace:       2 * time.Second,
+		frameTimeout:     10 * time.Second,
 	}
 }
 

@@ -13,13 +13,6 @@ import (
 	"unicode/utf8"
 )
 
-// frameTimeout bounds how long a client may take to send one message, from
-// the first byte of its first frame to the last byte of its last fragment.
-// Without it a client could hold a nearly complete frame open for ever by
-// sending a byte every readTimeout. Fixed policy; a variable only so that
-// tests can shorten it (before they start a Handler).
-var frameTimeout = 10 * time.Second
-
 // frameHeader is a client frame's header (RFC 6455 §5.2).
 type frameHeader struct {
 	fin    bool
@@ -89,7 +82,7 @@ func (c *client) readFrames(ctx context.Context) error {
 		// stack to 4 KiB instead of keeping 8.
 		_, err := c.wire.reader.Peek(1)
 		if err == nil {
-			c.wire.startFrame(frameTimeout)
+			c.wire.startFrame(c.h.cfg.frameTimeout)
 			err = r.next(ctx)
 		}
 		if err != nil {
@@ -102,7 +95,7 @@ func (c *client) readFrames(ctx context.Context) error {
 // and a failed connection is hung up.
 func (r *reader) end(err error) error {
 	if r.expired(err) {
-		err = r.fail(closePolicy, "message not completed within "+frameTimeout.String())
+		err = r.fail(closePolicy, "message not completed within "+r.c.h.cfg.frameTimeout.String())
 	}
 	if err == errFailed {
 		return r.c.hangUp()

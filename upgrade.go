@@ -73,7 +73,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// x/net keeps the request, ours, for the connection's life;
 			// the handshake was its only use.
 			ws.Request().Header, ws.Request().URL = nil, nil
-			ws.MaxPayloadBytes = h.cfg.frameLimit()
 			ctx, cancel := context.WithCancel(context.Background())
 			c := newClient(h, ws, wire, user, cancel)
 			h.stats.connectionsAccepted.Add(1)
