@@ -2,6 +2,7 @@ package chat
 
 import (
 	"testing"
+	"time"
 )
 
 // Stats counts what an operator watches: connections, rooms, messages in
@@ -39,8 +40,14 @@ func TestStatsCount(t *testing.T) {
 			Deliveries:          2,
 			Dropped:             Drops{RateLimited: 1, BadFrames: 4},
 		}
-		if s := in.h.Stats(); s != want {
-			t.Errorf("Stats() = %+v\nwant       %+v", s, want)
+		// The publisher counts a message when Redis's reply reaches it,
+		// which can be after the members got the message itself.
+		got := in.h.Stats()
+		for deadline := time.Now().Add(wait); got != want && time.Now().Before(deadline); got = in.h.Stats() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got != want {
+			t.Errorf("Stats() = %+v\nwant       %+v", got, want)
 		}
 		bob.Close()
 		eventually(t, wait, "bob's connection counted after it closed", func() bool {
