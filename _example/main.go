@@ -90,10 +90,10 @@ func run(addrList, redisURL string, set settings) int {
 		redisURL = "redis://" + mr.Addr()
 		redisDesc = "embedded miniredis at " + mr.Addr()
 		if addrList == "" {
-			addrList = "127.0.0.1:8080,127.0.0.1:8081"
+			addrList = defaultAddrs(true)
 		}
 	} else if addrList == "" {
-		addrList = "127.0.0.1:8080"
+		addrList = defaultAddrs(false)
 	}
 	opt, err := redis.ParseURL(redisURL)
 	if err != nil {
@@ -209,6 +209,16 @@ func newInstance(addr string, opt *redis.Options, set settings, base *slog.Logge
 	in.ln = netutil.LimitListener(limitPerIP(ln, set.perIP), set.maxConns+256)
 	in.url = "http://" + browsable(ln.Addr())
 	return in, nil
+}
+
+// defaultAddrs is where the demo listens without -addr: on loopback only,
+// two instances with the embedded Redis, one with a real one. -addr :8080
+// opens it to the network.
+func defaultAddrs(embedded bool) string {
+	if embedded {
+		return "127.0.0.1:8080,127.0.0.1:8081"
+	}
+	return "127.0.0.1:8080"
 }
 
 // browsable turns a listen address into host:port for a URL: an unspecified

@@ -59,3 +59,16 @@ func TestLargeHeaderRefused(t *testing.T) {
 		t.Errorf("64 KiB header: status %d, want 431", resp.StatusCode)
 	}
 }
+
+// Without -addr the demo listens on loopback only: what people copy must
+// not open a chat to the network by accident.
+func TestListensOnLoopbackByDefault(t *testing.T) {
+	for _, embedded := range []bool{true, false} {
+		for _, addr := range strings.Split(defaultAddrs(embedded), ",") {
+			host, _, err := net.SplitHostPort(addr)
+			if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+				t.Errorf("default address %q (embedded Redis: %v) is not loopback", addr, embedded)
+			}
+		}
+	}
+}
