@@ -76,6 +76,15 @@ func (h *hub) join(c *client, name, ref string) (created bool) {
 	return created
 }
 
+// wouldAdd reports whether a join of name would add c to it: c is not in
+// it yet and is in fewer than maxRooms rooms.
+func (h *hub) wouldAdd(c *client, name string) bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	_, in := c.rooms[name]
+	return !in && len(c.rooms) < h.maxRooms
+}
+
 // leave takes c out of name. emptied: nobody local is left in the room.
 func (h *hub) leave(c *client, name, ref string) (emptied bool) {
 	h.mu.Lock()

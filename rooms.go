@@ -36,7 +36,9 @@ func newJoinLimiter(cfg *config) rateLimiter {
 // join puts c in room; the client hears "joined" once Redis has confirmed
 // the room's subscription. Called on c's reader goroutine.
 func (h *Handler) join(c *client, room, ref string) {
-	if !c.joins.allow(time.Now()) {
+	// Only a join that would add the client to a room costs: joining a room
+	// again, or one too many, makes Redis hold nothing new.
+	if h.hub.wouldAdd(c, room) && !c.joins.allow(time.Now()) {
 		c.sendError(codeRateLimited, "too many joins: at most "+strconv.Itoa(joinsPerMinute)+" a minute after the first "+strconv.Itoa(h.cfg.maxRooms), ref)
 		return
 	}
