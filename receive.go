@@ -13,7 +13,7 @@ import (
 // messages to the owner, applies confirmations, and watches the
 // connection: a ping when idle, and a handover to a new connection when
 // nothing at all came back for staleAfter, because a silently frozen
-// connection raises no error (handover.go).
+// connection raises no error (see handover, below).
 func (s *subscriber) receive(ctx context.Context) {
 	select { // nothing to read until the first subscription
 	case <-ctx.Done():
@@ -26,6 +26,7 @@ func (s *subscriber) receive(ctx context.Context) {
 
 	staleAfter := 4 * s.pingEvery
 	lastFrame := time.Now()
+	var lastPing time.Time
 	var backoff time.Duration
 	down := false
 	var ho *handover // a replacement in progress
@@ -46,7 +47,10 @@ func (s *subscriber) receive(ctx context.Context) {
 			}
 			if isTimeout(err) {
 				if time.Since(lastFrame) < staleAfter || ho != nil {
-					_ = ps.Ping(ctx) // a write error shows up in the next receive
+					if time.Since(lastPing) >= s.pingEvery {
+						_ = ps.Ping(ctx) // a write error shows up in the next receive
+						lastPing = time.Now()
+					}
 					continue
 				}
 				s.log.Warn("Redis subscription connection silent: opening a new one, reading the old one until the new one is confirmed", "silent_for", time.Since(lastFrame).Round(time.Millisecond))
