@@ -35,19 +35,7 @@ func TestUnreachableRedisFailsFast(t *testing.T) {
 // 64 KiB is refused (431) rather than buffered, which is what kept 1,000
 // connections with unfinished 1 MiB headers from taking gigabytes.
 func TestLargeHeaderRefused(t *testing.T) {
-	mr := miniredis.RunT(t)
-	in, err := newInstance("127.0.0.1:0", &redis.Options{Addr: mr.Addr()}, settings{maxConns: 10}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	go in.srv.Serve(in.ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		in.shutdown(ctx)
-		in.pub.Close()
-		in.sub.Close()
-	})
+	in := serveTestInstance(t, settings{maxConns: 10})
 	req, _ := http.NewRequest("GET", in.url+"/healthz", nil)
 	req.Header.Set("X-Big", strings.Repeat("a", 64<<10))
 	resp, err := http.DefaultClient.Do(req)
@@ -71,4 +59,24 @@ func TestListensOnLoopbackByDefault(t *testing.T) {
 			}
 		}
 	}
+}
+
+// serveTestInstance serves one demo instance on an embedded Redis and a
+// free loopback port until the test ends.
+func serveTestInstance(t *testing.T, set settings) *instance {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	in, err := newInstance("127.0.0.1:0", &redis.Options{Addr: mr.Addr()}, set, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go in.srv.Serve(in.ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		in.shutdown(ctx)
+		in.pub.Close()
+		in.sub.Close()
+	})
+	return in
 }

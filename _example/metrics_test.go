@@ -1,20 +1,16 @@
 package main
 
 import (
-	"context"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/chatrelay/chat"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/net/websocket"
 )
 
@@ -23,19 +19,7 @@ import (
 // scrapes /metrics over HTTP and checks the samples with the Prometheus
 // text parser: one connection, one message, one bad frame.
 func TestMetricsEndpoint(t *testing.T) {
-	mr := miniredis.RunT(t)
-	in, err := newInstance("127.0.0.1:0", &redis.Options{Addr: mr.Addr()}, settings{rate: 20, maxConns: 100}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	go in.srv.Serve(in.ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		in.shutdown(ctx)
-		in.pub.Close()
-		in.sub.Close()
-	})
+	in := serveTestInstance(t, settings{rate: 20, maxConns: 100})
 
 	ws, err := websocket.Dial("ws"+strings.TrimPrefix(in.url, "http")+"/chat?room=lobby&user=alice", "", in.url)
 	if err != nil {
