@@ -1,7 +1,8 @@
 package chat
 
-// Fuzz tests of the protocol codec: what a client may send (decodeFrame) and
-// what the server writes (appendJSONString, appendMessageFrame, errorFrame).
+// Fuzz tests of the protocol: what a client may send (decodeFrame, and the
+// frames the connection's reader takes apart) and what the server writes
+// (appendJSONString, appendMessageFrame, errorFrame).
 // Their seeds, here and in testdata/fuzz/, run with every go test.
 //
 //	go test -run '^$' -fuzz '^FuzzDecodeFrame$' -fuzztime 10m -parallel 1 .
@@ -9,10 +10,17 @@ package chat
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"log/slog"
 	"math"
+	"os"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/chatrelay/chat/internal/wstest"
 )
 
 // fuzzCodes are the codes an error frame may carry.
@@ -209,6 +217,84 @@ func FuzzMessageFrame(f *testing.F) {
 			t.Fatalf("frame %q has a ref, want none", b)
 		case ref != "" && (got.Ref == nil || *got.Ref != u(ref)):
 			t.Fatalf("frame %q: ref %v, want %q", b, got.Ref, u(ref))
+		}
+	})
+}
+
+// FuzzReader: whatever frames a client sends, the connection's reader does
+// not panic or hang: the server answers with well-formed frames, text
+// frames of valid JSON, and ends, if it does, with one close frame carrying
+// a code it is allowed to send. The input is a sequence of frames, each
+// [flags: FIN|RSV|opcode][payload length][payload], masked as a client must.
+func FuzzReader(f *testing.F) {
+	frame := func(flags byte, payload string) []byte {
+		return append([]byte{flags, byte(len(payload))}, payload...)
+	}
+	join := `{"type":"join","room":"fz"}`
+	msg := `{"type":"message","room":"fz","text":"hi","ref":"r"}`
+	for _, seed := range [][]byte{
+		frame(0x81, join),
+		append(frame(0x81, join), frame(0x81, msg)...),
+		append(frame(0x01, msg[:10]), frame(0x80, msg[10:])...),        // fragmented
+		append(frame(0x01, msg[:10]), frame(0x89, "ping")...),          // ping between fragments
+		frame(0x89, strings.Repeat("p", 126)),                          // oversized control payload
+		frame(0xc1, join),                                              // RSV1
+		frame(0x83, "x"),                                               // reserved opcode
+		frame(0x81, "\xff\xfe"),                                        // invalid UTF-8
+		frame(0x88, "\x03\xe7"),                                        // close 999
+		frame(0x88, "\x03"),                                            // 1-byte close payload
+		frame(0x80, "orphan"),                                          // continuation with no message
+		append(frame(0x82, "\x00\x01"), frame(0x8a, "unsolicited")...), // binary, pong
+	} {
+		f.Add(seed)
+	}
+	be := &backend{mr: miniredis.RunT(f)}
+	be.addr = be.mr.Addr()
+	// A quiet logger: the fuzz target runs after f has stopped taking logs.
+	in := newInstance(f, be, WithRateLimit(0, 1), WithLogger(slog.New(slog.DiscardHandler)),
+		func(c *config) { c.closeGrace = 200 * time.Millisecond })
+	allowed := map[uint16]bool{1000: true, 1002: true, 1007: true, 1008: true, 1009: true}
+
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, status, err := wstest.Dial(t, in.url+"?user=fuzz", nil)
+		if status != 101 {
+			t.Fatalf("dial: %d %v", status, err)
+		}
+		defer c.Close()
+		var stream []byte
+		for rest := data; len(rest) >= 2; {
+			flags, n := rest[0], int(rest[1])
+			rest = rest[2:]
+			n = min(n, len(rest))
+			stream = append(stream, wstest.EncodeFrame(flags&0x0f, rest[:n], flags&0x80 != 0, wstest.FrameOptions{RSV: flags >> 4 & 7})...)
+			rest = rest[n:]
+		}
+		stream = append(stream, wstest.EncodeFrame(wstest.OpClose, []byte{0x03, 0xe8}, true, wstest.FrameOptions{})...)
+		if err := c.SendRaw(stream); err != nil {
+			return // the server hung up early: what it sent is checked below
+		}
+		for {
+			op, payload, err := c.ReadFrame(5 * time.Second)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("the server neither answered the close nor ended the connection within 5 s")
+			}
+			if err != nil {
+				return // the connection ended
+			}
+			switch op {
+			case wstest.OpText:
+				if !json.Valid(payload) {
+					t.Fatalf("server sent invalid JSON: %q", payload)
+				}
+			case wstest.OpPong:
+			case wstest.OpClose:
+				if len(payload) < 2 || !allowed[uint16(payload[0])<<8|uint16(payload[1])] || !utf8.Valid(payload[2:]) {
+					t.Fatalf("server close frame % x", payload)
+				}
+				return
+			default:
+				t.Fatalf("server sent opcode %#x", op)
+			}
 		}
 	})
 }
