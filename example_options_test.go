@@ -99,7 +99,7 @@ func ExampleWithKeyPrefix() {
 	}
 	fmt.Println(mr.Keys()) // the channel is staging:chat:msg:{lobby}
 	// Output:
-	// [staging:chat:room:{lobby}]
+	// [staging:chat:hist:{lobby} staging:chat:room:{lobby}]
 }
 
 // The hook maps the upgrade request to a user, here through a session

@@ -24,6 +24,7 @@ type config struct {
 	rateBurst    int
 	maxRooms     int
 	maxConns     int
+	history      int // messages kept per room
 	pingInterval time.Duration
 	readTimeout  time.Duration
 	writeTimeout time.Duration
@@ -50,6 +51,7 @@ func defaultConfig() config {
 		rateBurst:        40,
 		maxRooms:         32,
 		maxConns:         10000,
+		history:          100,
 		pingInterval:     25 * time.Second,
 		readTimeout:      60 * time.Second,
 		writeTimeout:     10 * time.Second,
@@ -157,6 +159,20 @@ func WithMaxRooms(n int) Option {
 	return func(c *config) {
 		if n > 0 {
 			c.maxRooms = n
+		}
+	}
+}
+
+// WithHistory sets how many of a room's latest messages Redis keeps
+// (default 100; 0 keeps none), for joins that ask for history or recovery
+// and for History. The history lives as long as the room: its TTL is the
+// room TTL, refreshed with the room key, so WithRoomTTL(24*time.Hour) keeps
+// a day of history for quiet rooms. Messages are numbered (seq) either way.
+// n < 0 keeps the default.
+func WithHistory(n int) Option {
+	return func(c *config) {
+		if n >= 0 {
+			c.history = n
 		}
 	}
 }

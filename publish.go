@@ -14,11 +14,31 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// publishScript refreshes the room's activity key and publishes the message
-// atomically. Keyed on the room key, it runs on the node owning the room's
-// slot in a Cluster, so each room has one ordering point.
-const publishScript = `redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-return redis.call('PUBLISH', ARGV[2], ARGV[3])`
+// publishScript numbers a message, keeps it in the room's history and
+// publishes it, atomically, in one round trip. Keyed on the room's keys, it
+// runs on the node owning the room's slot in a Cluster, so each room has one
+// ordering point, and Redis's order and the sequence agree.
+//
+// The message was encoded before Redis numbered it, so the script splices
+// its seq in before the closing brace: the stream entry and the published
+// payload are the same bytes, and every member gets "seq" without a second
+// encoding. seq 1 starts an epoch (a new room key, or one Redis lost): the
+// epoch is set if the key has none, and an old epoch's history is dropped.
+//
+// KEYS: room hash, history stream. ARGV: TTL (s), channel, frame, history size.
+const publishScript = `local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
+if seq == 1 then
+  local t = redis.call('TIME')
+  redis.call('HSETNX', KEYS[1], 'e', t[1] .. '.' .. t[2])
+  redis.call('DEL', KEYS[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local msg = string.sub(ARGV[3], 1, -2) .. ',"seq":' .. seq .. '}'
+if ARGV[4] ~= '0' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'm', msg)
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+return redis.call('PUBLISH', ARGV[2], msg)`
 
 // Publishing is pipelined and batched. Each lane is a queue with one
 // goroutine that sends everything waiting in it as one pipeline, so under
@@ -58,6 +78,7 @@ type publisher struct {
 	keys    keyspace
 	origin  string        // the instance ID, in every message's "instance" and ID
 	ttl     int64         // room TTL in seconds, for the script
+	history int           // messages kept per room; 0: none
 	timeout time.Duration // bound on one pipeline's round trip
 	log     *slog.Logger
 	stats   *counters
@@ -73,6 +94,7 @@ func newPublisher(client redis.UniversalClient, keys keyspace, origin string, cf
 	p := &publisher{
 		redis: client, keys: keys, origin: origin,
 		ttl:     int64(cfg.roomTTL / time.Second),
+		history: cfg.history,
 		timeout: cfg.publishTimeout,
 		log:     log, stats: stats,
 		stop:   func() {},
@@ -323,7 +345,7 @@ func (p *publisher) pipeline(ctx context.Context, batch []*publishRequest) []err
 	// bytes.
 	cmds, _ := p.redis.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		for _, r := range batch {
-			pl.Eval(ctx, publishScript, []string{p.keys.roomKey(r.room)}, p.ttl, p.keys.channel(r.room), r.frame)
+			pl.Eval(ctx, publishScript, []string{p.keys.roomKey(r.room), p.keys.histKey(r.room)}, p.ttl, p.keys.channel(r.room), r.frame, p.history)
 		}
 		return nil
 	})

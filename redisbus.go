@@ -9,7 +9,16 @@ package chat
 //     the sub client, keeps it subscribed to the rooms that have local
 //     members, and reports what arrives to its owner.
 //
-// They share only the key space below.
+// They share only the key space below. Per room, Redis holds:
+//
+//   - chat:msg:{room}, the Pub/Sub channel of its messages;
+//   - chat:room:{room}, a hash of the room's sequence (s: the seq of its
+//     last message) and epoch (e: a new one each time the key is created),
+//     with the room TTL;
+//   - chat:hist:{room}, a stream of its last messages (WithHistory), entry
+//     IDs <seq>-0, each the exact bytes published, with the room TTL.
+//
+// The {room} hash tag keeps the three in one Redis Cluster slot.
 
 import (
 	"errors"
@@ -23,6 +32,7 @@ type keyspace string
 
 func (k keyspace) channel(room string) string { return string(k) + "msg:{" + room + "}" }
 func (k keyspace) roomKey(room string) string { return string(k) + "room:{" + room + "}" }
+func (k keyspace) histKey(room string) string { return string(k) + "hist:{" + room + "}" }
 
 // roomOf returns the room of a channel name, without allocating.
 func (k keyspace) roomOf(channel string) (string, bool) {

@@ -22,20 +22,36 @@ type roomActivity struct {
 	ttl   time.Duration
 }
 
-// touch sets the keys of rooms, in one pipelined round trip (per node on a
-// Cluster). SET rather than EXPIRE, so an expired or evicted key comes back.
+// touchScript creates a room's key if it is missing (seq 0, a new epoch,
+// and no history from an older epoch) and refreshes the TTLs of the key and
+// the history together. A missing key is one that expired or that Redis
+// lost; either way the room starts a new epoch.
+//
+// KEYS: room hash, history stream. ARGV: TTL (s).
+const touchScript = `if redis.call('HSETNX', KEYS[1], 's', 0) == 1 then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'e', t[1] .. '.' .. t[2])
+  redis.call('DEL', KEYS[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 1`
+
+// touch refreshes the keys of rooms, creating those that are missing, in one
+// pipelined round trip (per node on a Cluster).
 func (a *roomActivity) touch(ctx context.Context, rooms ...string) error {
 	if len(rooms) == 0 {
 		return nil
 	}
+	ttl := int64(a.ttl / time.Second)
 	_, err := a.redis.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, room := range rooms {
-			p.Set(ctx, a.keys.roomKey(room), "1", a.ttl)
+			p.Eval(ctx, touchScript, []string{a.keys.roomKey(room), a.keys.histKey(room)}, ttl)
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("set activity keys: %w", err)
+		return fmt.Errorf("refresh room keys: %w", err)
 	}
 	return nil
 }
