@@ -30,8 +30,8 @@ import (
 const benchText = "Hey all, the deploy finished at 14:02; dashboards look green — ping me if anything looks off. Thx!"
 
 // benchMessage is a typical relayed message as the origin instance encodes it.
-func benchMessage() message {
-	return message{
+func benchMessage() Message {
+	return Message{
 		Room:     "lobby",
 		ID:       "3f9a1c2b7e4d-1k2j",
 		User:     "alice",
@@ -135,9 +135,10 @@ func benchFanout(b *testing.B, members, burst int) {
 	for i := range sinks {
 		sinks[i] = &benchSink{}
 		c := benchClient(h, sinks[i], "user"+strconv.Itoa(i))
-		if h.hub.join(c, room, "") {
+		if created, _ := h.hub.join(c, room, "", joinWant{}); created {
 			h.hub.subscribed(room, false) // as if Redis confirmed at once
 		}
+		h.hub.finishJoin(c, room, joinRead{}) // as if Redis answered at once
 	}
 	h.conns.Wait() // every "joined" written
 
@@ -301,7 +302,7 @@ func benchPublishPath(b *testing.B, addr string) {
 	const room = "bench"
 	sink := &benchSink{frames: true}
 	c := benchClient(h, sink, "member")
-	h.join(c, room, "") // subscribes; "joined" once Redis confirms
+	h.join(c, room, "", joinWant{}) // subscribes; "joined" once Redis confirms and answers
 	benchAwait(b, sink, 1, c)
 
 	run := func(b *testing.B, publish func(ctx context.Context) error, parallel bool) {

@@ -69,15 +69,15 @@ func newClient(h *Handler, ws *websocket.Conn, wire *wireConn, user string, canc
 // serve joins the rooms named at connect, then reads frames until the
 // connection ends (reader.go), and cleans up.
 // Its frame is small: an idle connection waits below it (readFrames).
-func (c *client) serve(ctx context.Context, rooms []string) {
-	c.start(rooms)
+func (c *client) serve(ctx context.Context, rooms []string, history int) {
+	c.start(rooms, history)
 	c.finish(c.readFrames(ctx))
 }
 
-func (c *client) start(rooms []string) {
+func (c *client) start(rooms []string, history int) {
 	c.h.log.Debug("client connected", "user", c.user, "remote", c.wire.RemoteAddr().String())
 	for _, room := range rooms {
-		c.h.join(c, room, "")
+		c.h.join(c, room, "", joinWant{history: history})
 	}
 }
 
@@ -95,7 +95,11 @@ func (c *client) handle(ctx context.Context, data []byte, refused bool) {
 	}
 	switch f.Type {
 	case typeJoin:
-		c.h.join(c, f.Room, f.Ref)
+		want := joinWant{since: f.Since}
+		if f.History != nil {
+			want.history = min(*f.History, c.h.cfg.history)
+		}
+		c.h.join(c, f.Room, f.Ref, want)
 	case typeLeave:
 		c.h.leave(c, f.Room, f.Ref)
 	case typeMessage:

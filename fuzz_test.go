@@ -174,7 +174,7 @@ func FuzzMessageFrame(f *testing.F) {
 	f.Add("\xff", "\xed\xa0\x80", "\xc3(", `\ud800`, int64(math.MaxInt64))
 	f.Add(`{"}`, "</script>", "\x7f\x1f", `","ref":"x`, int64(math.MinInt64))
 	f.Fuzz(func(t *testing.T, room, user, text, ref string, ts int64) {
-		m := message{Room: room, ID: "inst-1z", User: user, Text: text, TS: ts, Instance: "inst", Ref: ref}
+		m := Message{Room: room, ID: "inst-1z", User: user, Text: text, TS: ts, Instance: "inst", Ref: ref}
 		b := appendMessageFrame([]byte("keep"), &m)
 		if string(b[:4]) != "keep" {
 			t.Fatalf("prefix overwritten: %q", b)

@@ -19,61 +19,135 @@ type hub struct {
 	waiters int // clients waiting for a confirmation, over all rooms
 }
 
+// A join goes through three steps. A client waits (waiting) until Redis
+// confirms the room's subscription; then it catches up (catching): from
+// that moment it misses no live message, which the hub keeps for it while
+// the Handler reads the room's position, and the history asked for, from
+// Redis; then it becomes a member, is told "joined" with that position and
+// those messages, and gets the kept messages that came after it, and every
+// one after those: its sequence has no gap and no duplicate.
 type room struct {
 	// members have been told "joined" and receive the room's messages.
 	members []*client
-	// waiting clients asked to join; they become members, and are told
-	// "joined", when Redis confirms the subscription.
+	// waiting clients asked to join before Redis confirmed the
+	// subscription; they catch up when it does.
 	waiting map[*client]waiter
+	// catching clients wait for their read of Redis (finishJoin).
+	catching map[*client]*catchUp
 	// subscribed: Redis confirmed the subscription and it has not been lost
-	// since, so a new member can be told "joined" at once.
+	// since, so a new member can catch up at once.
 	subscribed bool
 }
 
-// waiter is a join waiting for Redis: the ref of the join frame, for an
-// "unavailable" error if the confirmation does not come in time.
+// waiter is a join waiting for Redis's confirmation: the ref of the join
+// frame, for an "unavailable" error if it does not come in time.
 type waiter struct {
 	ref   string
 	since time.Time
+	want  joinWant
+}
+
+// catchUp is a join waiting for its read of Redis, and the live messages
+// that came meanwhile.
+type catchUp struct {
+	ref  string
+	want joinWant
+
+	mu       sync.Mutex // deliver adds under hub.mu's read lock
+	kept     [][]byte
+	size     int  // bytes kept, held to the send-queue budget
+	overflow bool // too much came before the read did: the join fails
+}
+
+// pendingRead is a client that needs its read of Redis to finish a join.
+type pendingRead struct {
+	c    *client
+	want joinWant
 }
 
 func newHub(maxRooms int) *hub {
 	return &hub{maxRooms: maxRooms, rooms: make(map[string]*room)}
 }
 
-// join puts c in name if the room is subscribed, or queues it until
-// subscribed says so. created: the room had no local member or joiner
-// before, so it needs a subscription.
-func (h *hub) join(c *client, name, ref string) (created bool) {
+// join puts c in name: catching up at once if the room is subscribed
+// (catching: the Handler must read Redis for it), waiting otherwise.
+// created: the room had no local member or joiner before, so it needs a
+// subscription. Joining a room again starts a fresh catch-up: the client
+// asked for a position again.
+func (h *hub) join(c *client, name, ref string, want joinWant) (created, catching bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if joined, in := c.rooms[name]; in {
-		if joined { // joining twice is harmless; say so again
-			c.send(joinedFrame(name, false))
+		if !joined { // its "joined" is on its way
+			return false, false
 		}
-		return false
+		r := h.rooms[name]
+		h.removeMemberLocked(r, c)
+		r.catching[c] = &catchUp{ref: ref, want: want}
+		c.rooms[name] = false
+		return false, true
 	}
 	if len(c.rooms) >= h.maxRooms {
 		c.sendError(codeTooManyRooms, "at most "+strconv.Itoa(h.maxRooms)+" rooms per connection", ref)
-		return false
+		return false, false
 	}
 	r := h.rooms[name]
 	if r == nil {
-		r = &room{waiting: make(map[*client]waiter)}
+		r = &room{waiting: make(map[*client]waiter), catching: make(map[*client]*catchUp)}
 		h.rooms[name] = r
 		created = true
 	}
-	if r.subscribed {
-		// Sent under the lock, so before any message fanned out after it.
-		c.rooms[name] = true
-		r.members = append(r.members, c)
-		c.send(joinedFrame(name, false))
-		return created
-	}
 	c.rooms[name] = false
-	r.waiting[c] = waiter{ref: ref, since: time.Now()}
+	if r.subscribed {
+		r.catching[c] = &catchUp{ref: ref, want: want}
+		return created, true
+	}
+	r.waiting[c] = waiter{ref: ref, since: time.Now(), want: want}
 	h.waiters++
-	return created
+	return created, false
+}
+
+// finishJoin makes c a member of name with what its read found, unless it
+// left meanwhile: "joined", then the kept messages that come after the
+// position read, in order.
+func (h *hub) finishJoin(c *client, name string, read joinRead) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.rooms[name]
+	if r == nil || r.catching[c] == nil {
+		return
+	}
+	cu := r.catching[c]
+	delete(r.catching, c)
+	if cu.overflow {
+		delete(c.rooms, name)
+		c.sendError(codeUnavailable, "cannot join "+name+": too many messages came while its history was read; try again", cu.ref)
+		return
+	}
+	c.rooms[name] = true
+	r.members = append(r.members, c)
+	c.send(joinedAtFrame(name, read.at, read.messages, read.recovery))
+	for _, f := range cu.kept {
+		if seq := seqOf(f); seq == 0 || seq > read.at.seq {
+			c.send(f)
+		}
+	}
+}
+
+// failJoin answers c's join of name "unavailable" (its read failed) and
+// reports whether that left the room empty.
+func (h *hub) failJoin(c *client, name string, err error) (emptied bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.rooms[name]
+	if r == nil || r.catching[c] == nil {
+		return false
+	}
+	cu := r.catching[c]
+	delete(r.catching, c)
+	delete(c.rooms, name)
+	c.sendError(codeUnavailable, "cannot join "+name+": "+err.Error(), cu.ref)
+	return h.forgetIfEmptyLocked(name, r)
 }
 
 // wouldAdd reports whether a join of name would add c to it: c is not in
@@ -129,20 +203,25 @@ func (h *hub) removeLocked(c *client, name string) bool {
 		delete(r.waiting, c)
 		h.waiters--
 	}
+	delete(r.catching, c)
+	h.removeMemberLocked(r, c)
+	return h.forgetIfEmptyLocked(name, r)
+}
+
+func (h *hub) removeMemberLocked(r *room, c *client) {
 	for i, m := range r.members {
 		if m == c {
 			last := len(r.members) - 1
 			r.members[i] = r.members[last]
 			r.members[last] = nil
 			r.members = r.members[:last]
-			break
+			return
 		}
 	}
-	return h.forgetIfEmptyLocked(name, r)
 }
 
 func (h *hub) forgetIfEmptyLocked(name string, r *room) bool {
-	if len(r.members) == 0 && len(r.waiting) == 0 {
+	if len(r.members) == 0 && len(r.waiting) == 0 && len(r.catching) == 0 {
 		delete(h.rooms, name)
 		return true
 	}
@@ -162,18 +241,36 @@ func (h *hub) deliver(name string, frame []byte) int {
 	for _, c := range r.members {
 		c.send(frame)
 	}
+	for c, cu := range r.catching {
+		cu.keep(frame, c.h.cfg.sendQueue)
+	}
 	return len(r.members)
 }
 
+// keep holds frame for a client catching up, within budget bytes.
+func (cu *catchUp) keep(frame []byte, budget int) {
+	cu.mu.Lock()
+	defer cu.mu.Unlock()
+	if cu.overflow {
+		return
+	}
+	if cu.size += len(frame); cu.size > budget {
+		cu.overflow, cu.kept = true, nil
+		return
+	}
+	cu.kept = append(cu.kept, frame)
+}
+
 // subscribed: Redis confirmed the subscription to name. Waiting clients
-// become members. After a lost connection (resumed), the existing members
-// learn that messages may have been missed.
-func (h *hub) subscribed(name string, resumed bool) {
+// catch up: it returns them, for the Handler to read Redis for each. After
+// a lost connection (resumed), the existing members learn that messages
+// may have been missed.
+func (h *hub) subscribed(name string, resumed bool) []pendingRead {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	r := h.rooms[name]
 	if r == nil {
-		return
+		return nil
 	}
 	r.subscribed = true
 	if resumed && len(r.members) > 0 {
@@ -182,16 +279,14 @@ func (h *hub) subscribed(name string, resumed bool) {
 			c.send(frame)
 		}
 	}
-	if len(r.waiting) > 0 {
-		frame := joinedFrame(name, false)
-		for c := range r.waiting {
-			c.rooms[name] = true
-			r.members = append(r.members, c)
-			c.send(frame)
-		}
-		h.waiters -= len(r.waiting)
-		clear(r.waiting)
+	var reads []pendingRead
+	for c, w := range r.waiting {
+		r.catching[c] = &catchUp{ref: w.ref, want: w.want}
+		reads = append(reads, pendingRead{c, w.want})
 	}
+	h.waiters -= len(r.waiting)
+	clear(r.waiting)
+	return reads
 }
 
 // subscriptionFailed: the subscription to name cannot be made. The clients

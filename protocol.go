@@ -41,6 +41,18 @@ type inFrame struct {
 	Room string `json:"room"`
 	Text string `json:"text"`
 	Ref  string `json:"ref"`
+
+	// join only: how many of the latest messages to send with "joined",
+	// and the position after which to send every message (recovery).
+	History *int      `json:"history"`
+	Since   *position `json:"since"`
+}
+
+// position is a place in a room's sequence: the client has every message
+// of epoch Epoch up to Seq.
+type position struct {
+	Epoch string `json:"epoch"`
+	Seq   *int64 `json:"seq"`
 }
 
 // requestError is a client mistake answered with an error frame; the
@@ -99,6 +111,14 @@ func decodeFrame(data []byte) (inFrame, *requestError) {
 	if f.Type == typeMessage && f.Text == "" {
 		return f, badRequest("missing field: text")
 	}
+	if f.Type == typeJoin {
+		if f.History != nil && *f.History < 0 {
+			return f, badRequest("history must be a count of messages, 0 or more")
+		}
+		if s := f.Since; s != nil && (s.Epoch == "" || len(s.Epoch) > maxRefLen || s.Seq == nil || *s.Seq < 0) {
+			return f, badRequest(`since must be {"epoch":"…","seq":N} from an earlier joined or message`)
+		}
+	}
 	return f, nil
 }
 
@@ -133,21 +153,24 @@ func validUser(s string) bool {
 	return n <= maxUserLen
 }
 
-// message is a chat message as it travels through Redis and reaches clients.
-type message struct {
-	Room     string
-	ID       string
-	User     string
-	Text     string
-	TS       int64 // Unix milliseconds at the origin instance
-	Instance string
-	Ref      string
+// Message is a chat message as it travels through Redis and reaches the
+// members of its room: the "message" frame of the protocol.
+type Message struct {
+	ID       string `json:"id"`       // unique: <instance>-<counter>
+	Room     string `json:"room"`     //
+	User     string `json:"user"`     // the sender's display name
+	Text     string `json:"text"`     //
+	TS       int64  `json:"ts"`       // Unix milliseconds at the origin instance
+	Instance string `json:"instance"` // the origin instance's ID
+	Seq      int64  `json:"seq"`      // the room's sequence number, 1, 2, 3, … in an epoch
+	Ref      string `json:"ref,omitempty"`
 }
 
-// appendMessageFrame encodes m as the protocol's message frame. The bytes are
-// published to Redis as they are, and every instance relays them to its
-// clients unchanged: a message is encoded once, at its origin.
-func appendMessageFrame(b []byte, m *message) []byte {
+// appendMessageFrame encodes m, but for its seq, as the protocol's message
+// frame: the publish script adds the seq that Redis gives it, and every
+// instance relays the bytes to its clients unchanged. A message is encoded
+// once, at its origin.
+func appendMessageFrame(b []byte, m *Message) []byte {
 	b = append(b, `{"type":"message","room":`...)
 	b = appendJSONString(b, m.Room)
 	b = append(b, `,"id":`...)
@@ -163,6 +186,38 @@ func appendMessageFrame(b []byte, m *message) []byte {
 	if m.Ref != "" {
 		b = append(b, `,"ref":`...)
 		b = appendJSONString(b, m.Ref)
+	}
+	return append(b, '}')
+}
+
+// joinedAtFrame is the answer to a join: the room's epoch and position,
+// the messages asked for (stored frames, oldest first, given only when
+// history or since was asked), and whether since could be continued
+// (recovered: only when since was given).
+func joinedAtFrame(room string, at roomPosition, messages [][]byte, recovered *bool) []byte {
+	size := 96 + len(room) + len(at.epoch)
+	for _, m := range messages {
+		size += len(m) + 1
+	}
+	b := append(make([]byte, 0, size), `{"type":"joined","room":`...)
+	b = appendJSONString(b, room)
+	b = append(b, `,"epoch":`...)
+	b = appendJSONString(b, at.epoch)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendInt(b, at.seq, 10)
+	if recovered != nil {
+		b = append(b, `,"recovered":`...)
+		b = strconv.AppendBool(b, *recovered)
+	}
+	if messages != nil {
+		b = append(b, `,"messages":[`...)
+		for i, m := range messages {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, m...)
+		}
+		b = append(b, ']')
 	}
 	return append(b, '}')
 }

@@ -127,7 +127,7 @@ func (p *publisher) close() {
 // message stamps a message with its ID, time and origin and encodes it,
 // once: every instance relays these bytes unchanged.
 func (p *publisher) message(room, user, text, ref string) []byte {
-	m := message{
+	m := Message{
 		Room:     room,
 		ID:       p.origin + "-" + strconv.FormatUint(p.seq.Add(1), 36),
 		User:     user,

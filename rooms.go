@@ -2,6 +2,7 @@ package chat
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"time"
 )
@@ -33,19 +34,65 @@ func newJoinLimiter(cfg *config) rateLimiter {
 	return newRateLimiter(joinsPerMinute/60.0, cfg.maxRooms)
 }
 
-// join puts c in room; the client hears "joined" once Redis has confirmed
-// the room's subscription. Called on c's reader goroutine.
-func (h *Handler) join(c *client, room, ref string) {
+// join puts c in room with what want asks for; the client hears "joined"
+// once Redis has confirmed the room's subscription and its read of the
+// room's position is done. Called on c's reader goroutine.
+func (h *Handler) join(c *client, room, ref string, want joinWant) {
 	// Only a join that would add the client to a room costs: joining a room
 	// again, or one too many, makes Redis hold nothing new.
 	if h.hub.wouldAdd(c, room) && !c.joins.allow(time.Now()) {
 		c.sendError(codeRateLimited, "too many joins: at most "+strconv.Itoa(joinsPerMinute)+" a minute after the first "+strconv.Itoa(h.cfg.maxRooms), ref)
 		return
 	}
+	var reads []pendingRead
+	h.roomsMu.Lock()
+	created, catching := h.hub.join(c, room, ref, want)
+	if catching {
+		reads = append(reads, pendingRead{c, want})
+	}
+	if created && h.sub.acquire(room) {
+		reads = append(reads, h.hub.subscribed(room, false)...)
+	}
+	h.roomsMu.Unlock()
+	h.startReads(room, reads)
+}
+
+// startReads reads Redis for each join of room that is catching up, each
+// on a goroutine of its own (counted with the connections: its client's
+// reader is alive, since the client is in the hub). A read that Redis does
+// not answer within the publish timeout fails its join at that moment,
+// whatever timeouts the client was built with (go-redis bounds a command by
+// those, not by a context).
+func (h *Handler) startReads(room string, reads []pendingRead) {
+	for _, pr := range reads {
+		h.conns.Add(1)
+		go func() {
+			defer h.conns.Done()
+			expire := time.AfterFunc(h.cfg.publishTimeout, func() { h.abandonJoin(pr.c, room, errReadTimeout) })
+			ctx, cancel := context.WithTimeout(context.Background(), h.cfg.publishTimeout)
+			defer cancel()
+			read, err := readForJoin(ctx, h.activity.redis, h.activity.keys, h.cfg.roomTTL, room, pr.want)
+			if !expire.Stop() {
+				return // answered "unavailable" already
+			}
+			if err != nil {
+				h.abandonJoin(pr.c, room, err)
+				return
+			}
+			h.hub.finishJoin(pr.c, room, read)
+		}()
+	}
+}
+
+var errReadTimeout = errors.New("no answer from Redis in time")
+
+// abandonJoin answers c's join of room "unavailable".
+func (h *Handler) abandonJoin(c *client, room string, err error) {
+	h.stats.redisErrors.Add(1)
 	h.roomsMu.Lock()
 	defer h.roomsMu.Unlock()
-	if h.hub.join(c, room, ref) && h.sub.acquire(room) {
-		h.hub.subscribed(room, false)
+	if h.hub.failJoin(c, room, err) {
+		h.sub.release(room)
 	}
 }
 
@@ -97,8 +144,9 @@ func (h *Handler) roomMessage(room string, payload []byte) {
 
 func (h *Handler) roomSubscribed(room string, resumed bool) {
 	h.roomsMu.Lock()
-	defer h.roomsMu.Unlock()
-	h.hub.subscribed(room, resumed)
+	reads := h.hub.subscribed(room, resumed)
+	h.roomsMu.Unlock()
+	h.startReads(room, reads)
 }
 
 func (h *Handler) roomSubscribeFailed(room string) {

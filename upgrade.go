@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/net/websocket"
@@ -36,7 +37,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// A bad query is refused after the upgrade, with close 1008 and the
 	// reason: a browser learns nothing from a refused handshake (it reports
 	// 1006, like a network drop) and would retry for ever.
-	user, rooms, queryErr := h.parseQuery(r, user)
+	user, rooms, history, queryErr := h.parseQuery(r, user)
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		http.Error(w, "chat: expected a WebSocket upgrade", http.StatusBadRequest)
 		return
@@ -86,7 +87,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 					rooms = nil
 					c.closeWith(closePolicy, queryErr.Error(), false)
 				}
-				c.serve(ctx, rooms)
+				c.serve(ctx, rooms, history)
 				h.unregister(c)
 				_ = wire.Conn.Close()
 			}()
@@ -128,16 +129,16 @@ func (h *Handler) authenticate(r *http.Request) (string, error) {
 
 // parseQuery returns the user's display name (user, the hook's choice, or
 // else ?user=; an anonymous one when neither names one), validated
-// whatever its source, and the distinct rooms named by ?room=, or the first
-// problem with them.
-func (h *Handler) parseQuery(r *http.Request, user string) (string, []string, error) {
+// whatever its source, the distinct rooms named by ?room=, and how many of
+// their latest messages ?history= asks for; or the first problem with them.
+func (h *Handler) parseQuery(r *http.Request, user string) (string, []string, int, error) {
 	q := r.URL.Query()
 	if h.cfg.authenticate == nil {
 		user = q.Get("user")
 	}
 	// The hook's names too: a name is shown to every member of a room.
 	if user != "" && !validUser(user) {
-		return "", nil, ErrInvalidUser
+		return "", nil, 0, ErrInvalidUser
 	}
 	if user == "" {
 		user = "anon-" + randomHex(3)
@@ -145,16 +146,24 @@ func (h *Handler) parseQuery(r *http.Request, user string) (string, []string, er
 	var rooms []string
 	for _, room := range q["room"] {
 		if !validRoom(room) {
-			return "", nil, fmt.Errorf("%w: %q", ErrInvalidRoom, room)
+			return "", nil, 0, fmt.Errorf("%w: %q", ErrInvalidRoom, room)
 		}
 		if !slices.Contains(rooms, room) {
 			rooms = append(rooms, room)
 		}
 	}
 	if len(rooms) > h.cfg.maxRooms {
-		return "", nil, fmt.Errorf("chat: too many rooms: at most %d per connection", h.cfg.maxRooms)
+		return "", nil, 0, fmt.Errorf("chat: too many rooms: at most %d per connection", h.cfg.maxRooms)
 	}
-	return user, rooms, nil
+	history := 0
+	if v := q.Get("history"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return "", nil, 0, fmt.Errorf("chat: invalid history %q: a count of messages, 0 or more", v)
+		}
+		history = min(n, h.cfg.history)
+	}
+	return user, rooms, history, nil
 }
 
 // originAllowed: no Origin (not a browser), the page's own host, or an
