@@ -87,7 +87,7 @@ func readForJoin(ctx context.Context, rc redis.UniversalClient, keys keyspace, t
 			(s == r.at.seq || len(after) > 0 && seqOf(after[0]) == s+1)
 		r.recovery = &ok
 		if ok {
-			r.messages = after
+			r.messages = append([][]byte{}, after...) // present even when empty
 			return r, nil
 		}
 	}

@@ -48,12 +48,18 @@ type waiter struct {
 }
 
 // catchUp is a join waiting for its read of Redis, and the live messages
-// that came meanwhile.
+// that came meanwhile. Once the read is done the client has been told
+// "joined" at a seq (floor), but the instance may not have relayed every
+// message up to floor yet (Redis published them; they are on their way):
+// until a live message past floor arrives, those at or below it are not
+// passed on again. Then the client is an ordinary member.
 type catchUp struct {
 	ref  string
 	want joinWant
 
-	mu       sync.Mutex // deliver adds under hub.mu's read lock
+	mu       sync.Mutex // deliver works under hub.mu's read lock
+	joined   bool       // told "joined" at floor
+	floor    int64
 	kept     [][]byte
 	size     int  // bytes kept, held to the send-queue budget
 	overflow bool // too much came before the read did: the join fails
@@ -107,9 +113,9 @@ func (h *hub) join(c *client, name, ref string, want joinWant) (created, catchin
 	return created, false
 }
 
-// finishJoin makes c a member of name with what its read found, unless it
-// left meanwhile: "joined", then the kept messages that come after the
-// position read, in order.
+// finishJoin tells c it joined name at the position its read found, unless
+// it left meanwhile, and passes on the kept messages that come after that
+// position, in order; c then takes live messages past it (see catchUp).
 func (h *hub) finishJoin(c *client, name string, read joinRead) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -118,20 +124,21 @@ func (h *hub) finishJoin(c *client, name string, read joinRead) {
 		return
 	}
 	cu := r.catching[c]
-	delete(r.catching, c)
+	cu.mu.Lock()
+	defer cu.mu.Unlock()
 	if cu.overflow {
+		delete(r.catching, c)
 		delete(c.rooms, name)
 		c.sendError(codeUnavailable, "cannot join "+name+": too many messages came while its history was read; try again", cu.ref)
 		return
 	}
 	c.rooms[name] = true
-	r.members = append(r.members, c)
 	c.send(joinedAtFrame(name, read.at, read.messages, read.recovery))
+	cu.joined, cu.floor = true, read.at.seq
 	for _, f := range cu.kept {
-		if seq := seqOf(f); seq == 0 || seq > read.at.seq {
-			c.send(f)
-		}
+		cu.pass(c, f, seqOf(f))
 	}
+	cu.kept = nil
 }
 
 // failJoin answers c's join of name "unavailable" (its read failed) and
@@ -241,24 +248,74 @@ func (h *hub) deliver(name string, frame []byte) int {
 	for _, c := range r.members {
 		c.send(frame)
 	}
-	for c, cu := range r.catching {
-		cu.keep(frame, c.h.cfg.sendQueue)
+	if len(r.catching) == 0 {
+		return len(r.members)
 	}
-	return len(r.members)
+	delivered := len(r.members)
+	seq := seqOf(frame)
+	var settled []*client
+	for c, cu := range r.catching {
+		sent, pastFloor := cu.take(c, frame, seq)
+		if sent {
+			delivered++
+		}
+		if pastFloor {
+			settled = append(settled, c)
+		}
+	}
+	if len(settled) > 0 {
+		h.mu.RUnlock()
+		h.settle(name, settled)
+		h.mu.RLock()
+	}
+	return delivered
 }
 
-// keep holds frame for a client catching up, within budget bytes.
-func (cu *catchUp) keep(frame []byte, budget int) {
+// take keeps frame for a client catching up, or passes it on once the
+// client was told "joined" (see pass).
+func (cu *catchUp) take(c *client, frame []byte, seq int64) (sent, pastFloor bool) {
 	cu.mu.Lock()
 	defer cu.mu.Unlock()
-	if cu.overflow {
-		return
+	if cu.joined {
+		return cu.pass(c, frame, seq)
 	}
-	if cu.size += len(frame); cu.size > budget {
+	if cu.overflow {
+		return false, false
+	}
+	if cu.size += len(frame); cu.size > c.h.cfg.sendQueue {
 		cu.overflow, cu.kept = true, nil
-		return
+		return false, false
 	}
 	cu.kept = append(cu.kept, frame)
+	return false, false
+}
+
+// pass sends frame on unless "joined" covered it already, and reports
+// whether frame came after floor: the live messages have caught up. A frame
+// with no seq (published by something other than the publish script)
+// always goes on.
+func (cu *catchUp) pass(c *client, frame []byte, seq int64) (sent, pastFloor bool) {
+	if seq != 0 && seq <= cu.floor {
+		return false, false
+	}
+	c.send(frame)
+	return true, seq > cu.floor
+}
+
+// settle makes the clients that caught up ordinary members of name.
+func (h *hub) settle(name string, clients []*client) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.rooms[name]
+	if r == nil {
+		return
+	}
+	for _, c := range clients {
+		if cu := r.catching[c]; cu != nil && cu.joined {
+			delete(r.catching, c)
+			r.members = append(r.members, c)
+		}
+	}
 }
 
 // subscribed: Redis confirmed the subscription to name. Waiting clients
@@ -273,10 +330,15 @@ func (h *hub) subscribed(name string, resumed bool) []pendingRead {
 		return nil
 	}
 	r.subscribed = true
-	if resumed && len(r.members) > 0 {
+	if resumed {
 		frame := joinedFrame(name, true)
 		for _, c := range r.members {
 			c.send(frame)
+		}
+		for c, cu := range r.catching {
+			if cu.joined {
+				c.send(frame)
+			}
 		}
 	}
 	var reads []pendingRead
