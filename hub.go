@@ -3,6 +3,7 @@ package chat
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,7 +38,70 @@ type room struct {
 	// subscribed: Redis confirmed the subscription and it has not been lost
 	// since, so a new member can catch up at once.
 	subscribed bool
+
+	// The room's position here: its epoch, as the last join's read found
+	// it, and the seq of the last message relayed to members.
+	epoch string
+	last  atomic.Int64
+	// refill holds the members' messages back after a lost subscription
+	// while the Handler reads what was missed (finishRefill).
+	refill *gate
 }
+
+// sendJoined queues a control frame for every client told "joined".
+func (r *room) sendJoined(frame []byte) {
+	for _, c := range r.members {
+		c.send(frame)
+	}
+	for c, cu := range r.catching {
+		if cu.isOpen() {
+			c.send(frame)
+		}
+	}
+}
+
+// relay queues a message frame for every member, and for every client told
+// "joined" whose gate lets it through (see gate).
+func (r *room) relay(frame []byte) {
+	for _, c := range r.members {
+		c.send(frame)
+	}
+	if len(r.catching) == 0 {
+		return
+	}
+	seq := seqOf(frame)
+	for c, cu := range r.catching {
+		cu.mu.Lock()
+		if cu.open {
+			cu.pass(frame, seq, c.send)
+		}
+		cu.mu.Unlock()
+	}
+}
+
+// hasJoined reports whether some client here was told "joined".
+func (r *room) hasJoined() bool {
+	if len(r.members) > 0 {
+		return true
+	}
+	for _, cu := range r.catching {
+		if cu.isOpen() {
+			return true
+		}
+	}
+	return false
+}
+
+// refillBudget bounds what a refill holds: the send-queue budget, which
+// every member has.
+func (r *room) refillBudget() int {
+	if len(r.members) == 0 {
+		return 1 << 20
+	}
+	return r.members[0].h.cfg.sendQueue
+}
+
+func ptr[T any](v T) *T { return &v }
 
 // waiter is a join waiting for Redis's confirmation: the ref of the join
 // frame, for an "unavailable" error if it does not come in time.
@@ -47,22 +111,80 @@ type waiter struct {
 	want  joinWant
 }
 
-// catchUp is a join waiting for its read of Redis, and the live messages
-// that came meanwhile. Once the read is done the client has been told
-// "joined" at a seq (floor), but the instance may not have relayed every
-// message up to floor yet (Redis published them; they are on their way):
-// until a live message past floor arrives, those at or below it are not
-// passed on again. Then the client is an ordinary member.
-type catchUp struct {
-	ref  string
-	want joinWant
-
+// gate holds a stream of a room's messages back while a read of Redis is on
+// its way, and then lets through only those after the position the read
+// found (floor). The instance may not have relayed every message up to
+// floor when the read returns (Redis published them; they are on their
+// way), so until a live message past floor arrives, those at or below it
+// are not passed on again. A frame with no seq (published by something
+// other than the publish script) always goes on.
+type gate struct {
 	mu       sync.Mutex // deliver works under hub.mu's read lock
-	joined   bool       // told "joined" at floor
+	open     bool       // the read is done: pass what comes after floor
 	floor    int64
 	kept     [][]byte
 	size     int  // bytes kept, held to the send-queue budget
-	overflow bool // too much came before the read did: the join fails
+	overflow bool // too much came before the read did
+}
+
+// take keeps frame while the gate is closed, and passes it to send once it
+// is open (see pass).
+func (g *gate) take(frame []byte, seq int64, budget int, send func([]byte)) (sent, pastFloor bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.open {
+		return g.pass(frame, seq, send)
+	}
+	if g.overflow {
+		return false, false
+	}
+	if g.size += len(frame); g.size > budget {
+		g.overflow, g.kept = true, nil
+		return false, false
+	}
+	g.kept = append(g.kept, frame)
+	return false, false
+}
+
+// openAt opens the gate at floor and passes the kept frames after it; it
+// returns the seq of the last one passed (floor if none) and whether the
+// live messages have caught up. Called with hub.mu locked.
+func (g *gate) openAt(floor int64, send func([]byte)) (last int64, pastFloor bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.open, g.floor = true, floor
+	last = floor
+	for _, f := range g.kept {
+		seq := seqOf(f)
+		if _, past := g.pass(f, seq, send); past {
+			last, pastFloor = seq, true
+		}
+	}
+	g.kept = nil
+	return last, pastFloor
+}
+
+// pass sends frame unless floor covers it, and reports whether it came
+// after floor: the live messages have caught up.
+func (g *gate) pass(frame []byte, seq int64, send func([]byte)) (sent, pastFloor bool) {
+	if seq != 0 && seq <= g.floor {
+		return false, false
+	}
+	send(frame)
+	return true, seq > g.floor
+}
+
+func (g *gate) isOpen() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.open
+}
+
+// catchUp is a join waiting for its read of Redis (see room).
+type catchUp struct {
+	ref  string
+	want joinWant
+	gate
 }
 
 // pendingRead is a client that needs its read of Redis to finish a join.
@@ -124,8 +246,6 @@ func (h *hub) finishJoin(c *client, name string, read joinRead) {
 		return
 	}
 	cu := r.catching[c]
-	cu.mu.Lock()
-	defer cu.mu.Unlock()
 	if cu.overflow {
 		delete(r.catching, c)
 		delete(c.rooms, name)
@@ -133,12 +253,58 @@ func (h *hub) finishJoin(c *client, name string, read joinRead) {
 		return
 	}
 	c.rooms[name] = true
+	r.epoch = read.at.epoch
 	c.send(joinedAtFrame(name, read.at, read.messages, read.recovery))
-	cu.joined, cu.floor = true, read.at.seq
-	for _, f := range cu.kept {
-		cu.pass(c, f, seqOf(f))
+	cu.openAt(read.at.seq, c.send)
+}
+
+// finishRefill ends the gap after a lost subscription of name with what
+// the read found: the members get the messages they missed, in order,
+// before the live ones, and notice nothing else; or, when the gap cannot be
+// filled (epoch changed, history trimmed or off), a "joined" that says so
+// (resumed, recovered:false) with the room's new position.
+func (h *hub) finishRefill(name string, read joinRead) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.rooms[name]
+	if r == nil || r.refill == nil || r.refill.open {
+		return
 	}
-	cu.kept = nil
+	if r.refill.overflow {
+		h.endRefillLocked(name, r, 0)
+		return
+	}
+	if read.recovery != nil && *read.recovery {
+		for _, m := range read.messages {
+			r.relay(m)
+		}
+	} else {
+		r.epoch = read.at.epoch
+		r.sendJoined(resumedFrame(name, read.at))
+	}
+	last, caughtUp := r.refill.openAt(read.at.seq, r.relay)
+	r.last.Store(last)
+	if caughtUp {
+		r.refill = nil
+	}
+}
+
+// failRefill ends the refill of name without the read: the members are
+// told they may have missed messages, and get those held meanwhile.
+func (h *hub) failRefill(name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if r := h.rooms[name]; r != nil && r.refill != nil && !r.refill.open {
+		h.endRefillLocked(name, r, 0)
+	}
+}
+
+func (h *hub) endRefillLocked(name string, r *room, floor int64) {
+	r.sendJoined(joinedFrame(name, true))
+	if last, _ := r.refill.openAt(floor, r.relay); last > 0 {
+		r.last.Store(last)
+	}
+	r.refill = nil
 }
 
 // failJoin answers c's join of name "unavailable" (its read failed) and
@@ -245,17 +411,31 @@ func (h *hub) deliver(name string, frame []byte) int {
 	if r == nil {
 		return 0
 	}
+	seq := seqOf(frame)
+	delivered := 0
+	if seq > 0 {
+		r.last.Store(seq)
+	}
+	if r.refill != nil {
+		// Held for everyone told "joined" until the gap is filled.
+		sent, past := r.refill.take(frame, seq, r.refillBudget(), r.relay)
+		if sent {
+			delivered = len(r.members)
+		}
+		if past {
+			h.mu.RUnlock()
+			h.settle(name, nil, true)
+			h.mu.RLock()
+		}
+		return delivered
+	}
 	for _, c := range r.members {
 		c.send(frame)
 	}
-	if len(r.catching) == 0 {
-		return len(r.members)
-	}
-	delivered := len(r.members)
-	seq := seqOf(frame)
+	delivered = len(r.members)
 	var settled []*client
 	for c, cu := range r.catching {
-		sent, pastFloor := cu.take(c, frame, seq)
+		sent, pastFloor := cu.take(frame, seq, c.h.cfg.sendQueue, c.send)
 		if sent {
 			delivered++
 		}
@@ -265,45 +445,15 @@ func (h *hub) deliver(name string, frame []byte) int {
 	}
 	if len(settled) > 0 {
 		h.mu.RUnlock()
-		h.settle(name, settled)
+		h.settle(name, settled, false)
 		h.mu.RLock()
 	}
 	return delivered
 }
 
-// take keeps frame for a client catching up, or passes it on once the
-// client was told "joined" (see pass).
-func (cu *catchUp) take(c *client, frame []byte, seq int64) (sent, pastFloor bool) {
-	cu.mu.Lock()
-	defer cu.mu.Unlock()
-	if cu.joined {
-		return cu.pass(c, frame, seq)
-	}
-	if cu.overflow {
-		return false, false
-	}
-	if cu.size += len(frame); cu.size > c.h.cfg.sendQueue {
-		cu.overflow, cu.kept = true, nil
-		return false, false
-	}
-	cu.kept = append(cu.kept, frame)
-	return false, false
-}
-
-// pass sends frame on unless "joined" covered it already, and reports
-// whether frame came after floor: the live messages have caught up. A frame
-// with no seq (published by something other than the publish script)
-// always goes on.
-func (cu *catchUp) pass(c *client, frame []byte, seq int64) (sent, pastFloor bool) {
-	if seq != 0 && seq <= cu.floor {
-		return false, false
-	}
-	c.send(frame)
-	return true, seq > cu.floor
-}
-
-// settle makes the clients that caught up ordinary members of name.
-func (h *hub) settle(name string, clients []*client) {
+// settle makes the clients that caught up ordinary members of name, and
+// ends a refill whose live messages have caught up.
+func (h *hub) settle(name string, clients []*client, refilled bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	r := h.rooms[name]
@@ -311,10 +461,13 @@ func (h *hub) settle(name string, clients []*client) {
 		return
 	}
 	for _, c := range clients {
-		if cu := r.catching[c]; cu != nil && cu.joined {
+		if cu := r.catching[c]; cu != nil && cu.open {
 			delete(r.catching, c)
 			r.members = append(r.members, c)
 		}
+	}
+	if refilled && r.refill != nil && r.refill.open {
+		r.refill = nil
 	}
 }
 
@@ -330,18 +483,16 @@ func (h *hub) subscribed(name string, resumed bool) []pendingRead {
 		return nil
 	}
 	r.subscribed = true
-	if resumed {
-		frame := joinedFrame(name, true)
-		for _, c := range r.members {
-			c.send(frame)
-		}
-		for c, cu := range r.catching {
-			if cu.joined {
-				c.send(frame)
-			}
+	var reads []pendingRead
+	if resumed && r.refill == nil && r.hasJoined() {
+		if r.epoch != "" {
+			// Fill the gap from the history before anything live.
+			r.refill = &gate{}
+			reads = append(reads, pendingRead{want: joinWant{since: &position{Epoch: r.epoch, Seq: ptr(r.last.Load())}}})
+		} else {
+			r.sendJoined(joinedFrame(name, true))
 		}
 	}
-	var reads []pendingRead
 	for c, w := range r.waiting {
 		r.catching[c] = &catchUp{ref: w.ref, want: w.want}
 		reads = append(reads, pendingRead{c, w.want})

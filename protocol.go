@@ -222,6 +222,19 @@ func joinedAtFrame(room string, at roomPosition, messages [][]byte, recovered *b
 	return append(b, '}')
 }
 
+// resumedFrame tells a room's members that the instance lost its
+// subscription and could not fill the gap: they may have missed messages,
+// and the room now stands at at.
+func resumedFrame(room string, at roomPosition) []byte {
+	b := append(make([]byte, 0, 112+len(room)+len(at.epoch)), `{"type":"joined","room":`...)
+	b = appendJSONString(b, room)
+	b = append(b, `,"resumed":true,"recovered":false,"epoch":`...)
+	b = appendJSONString(b, at.epoch)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendInt(b, at.seq, 10)
+	return append(b, '}')
+}
+
 func joinedFrame(room string, resumed bool) []byte {
 	b := append(make([]byte, 0, 48+len(room)), `{"type":"joined","room":`...)
 	b = appendJSONString(b, room)

@@ -14,7 +14,8 @@ import (
 // subscriber sees a room's changes in the order they happened.
 //
 // Lock order: Handler.roomsMu, then hub.mu or subscriber.mu (never both:
-// the hub and the subscriber do not call each other), then client.mu. The
+// the hub and the subscriber do not call each other), then a room's gates
+// (its refill before a client's catch-up, hub.go), then client.mu. The
 // subscriber reports (subscriptionEvents, below) with none of its locks
 // held; the relay of a message takes hub.mu only.
 
@@ -57,29 +58,39 @@ func (h *Handler) join(c *client, room, ref string, want joinWant) {
 	h.startReads(room, reads)
 }
 
-// startReads reads Redis for each join of room that is catching up, each
-// on a goroutine of its own (counted with the connections: its client's
-// reader is alive, since the client is in the hub). A read that Redis does
+// startReads reads Redis for each join of room that is catching up, and
+// for the room's members after a lost subscription (gap fill), each on a
+// goroutine of its own, counted with the connections: a client in the hub
+// has a reader alive. A read that Redis does
 // not answer within the publish timeout fails its join at that moment,
 // whatever timeouts the client was built with (go-redis bounds a command by
 // those, not by a context).
 func (h *Handler) startReads(room string, reads []pendingRead) {
 	for _, pr := range reads {
+		fail := func(err error) { h.abandonJoin(pr.c, room, err) }
+		finish := func(read joinRead) { h.hub.finishJoin(pr.c, room, read) }
+		if pr.c == nil { // the room's members, after a lost subscription
+			fail = func(error) { h.stats.redisErrors.Add(1); h.hub.failRefill(room) }
+			finish = func(read joinRead) {
+				h.stats.gapFills.Add(1)
+				h.hub.finishRefill(room, read)
+			}
+		}
 		h.conns.Add(1)
 		go func() {
 			defer h.conns.Done()
-			expire := time.AfterFunc(h.cfg.publishTimeout, func() { h.abandonJoin(pr.c, room, errReadTimeout) })
+			expire := time.AfterFunc(h.cfg.publishTimeout, func() { fail(errReadTimeout) })
 			ctx, cancel := context.WithTimeout(context.Background(), h.cfg.publishTimeout)
 			defer cancel()
 			read, err := readForJoin(ctx, h.activity.redis, h.activity.keys, h.cfg.roomTTL, room, pr.want)
 			if !expire.Stop() {
-				return // answered "unavailable" already
+				return // answered already
 			}
 			if err != nil {
-				h.abandonJoin(pr.c, room, err)
+				fail(err)
 				return
 			}
-			h.hub.finishJoin(pr.c, room, read)
+			finish(read)
 		}()
 	}
 }

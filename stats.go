@@ -18,6 +18,7 @@ type Stats struct {
 
 	RedisErrors            uint64 // failed Redis commands: publishes, subscriptions, activity keys
 	SubscriptionReconnects uint64 // the subscription connection was lost or replaced
+	GapFills               uint64 // rooms whose members were given, from the history, what a lost subscription missed, or told it could not be
 }
 
 // Drops counts, by reason, the frames and connections a Handler refused or
@@ -42,6 +43,7 @@ type counters struct {
 	unavailable            atomic.Uint64
 	redisErrors            atomic.Uint64
 	subscriptionReconnects atomic.Uint64
+	gapFills               atomic.Uint64
 }
 
 // Stats returns the Handler's counters. It is cheap: safe to call on every
@@ -66,5 +68,6 @@ func (h *Handler) Stats() Stats {
 		},
 		RedisErrors:            c.redisErrors.Load(),
 		SubscriptionReconnects: c.subscriptionReconnects.Load(),
+		GapFills:               c.gapFills.Load(),
 	}
 }
