@@ -13,7 +13,7 @@
  *     if (!e.detail.recovered) console.warn(`reconnected to ${e.detail.room}: messages may have been missed`);
  *   });
  *   c.addEventListener("message", (e) => {
- *     const m = e.detail; // {room, id, user, text, ts, instance, seq, ref?, replay?}
+ *     const m = e.detail; // {room, id, user, text, ts, instance, seq?, ref?, replay?}
  *     console.log(`[${m.room}] ${m.user}: ${m.text} (via ${m.instance})`);
  *   });
  *   c.addEventListener("error", (e) => console.warn(e.detail.code, e.detail.message));
@@ -101,7 +101,10 @@
  * dispatches them before the live ones: the page sees every message once, in order, as if the
  * connection had never dropped. Otherwise (recovered: false: the room's epoch changed because
  * its key expired or Redis lost it, or the history was trimmed past the position or is off)
- * the page should say that messages may be missing. leave() forgets a room's position.
+ * the page should say that messages may be missing. leave() forgets a room's position, and so
+ * does a resumed joined without one (a server that lost its Redis subscription, which Redis may
+ * have lost the room's epoch with): that room is then told apart by ids only, and its next
+ * rejoin goes by ?room= and reports recovered: false.
  *
  * Reconnects: after any close except close() and the close codes 1008 (policy) and 1009
  * (message too big), which are not transient; 1001 (server going away), 1006 (dropped) and
