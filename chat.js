@@ -6,13 +6,14 @@
  *
  *   import { ChatClient } from "/chat.js";
  *
- *   const c = new ChatClient("/chat", { user: "alice", rooms: ["lobby"] });
+ *   const c = new ChatClient("/chat", { user: "alice", rooms: ["lobby"], history: 50 });
  *   c.addEventListener("state", (e) => console.log("connection:", e.detail.state));
  *   c.addEventListener("joined", (e) => {
- *     if (e.detail.resumed) console.warn(`reconnected to ${e.detail.room}: messages may have been missed`);
+ *     // e.detail.messages (the room's last 50 messages here) follow as "message" events.
+ *     if (!e.detail.recovered) console.warn(`reconnected to ${e.detail.room}: messages may have been missed`);
  *   });
  *   c.addEventListener("message", (e) => {
- *     const m = e.detail; // {room, id, user, text, ts, instance, ref?}
+ *     const m = e.detail; // {room, id, user, text, ts, instance, seq?, ref?, replay?}
  *     console.log(`[${m.room}] ${m.user}: ${m.text} (via ${m.instance})`);
  *   });
  *   c.addEventListener("error", (e) => console.warn(e.detail.code, e.detail.message));
@@ -27,6 +28,12 @@
  *                      1–32 printable characters, or empty for an anon-… name; throws a TypeError
  *                      otherwise.
  *   options.rooms      Rooms to join on connect, sent as ?room=….
+ *   options.history    How many of a room's latest messages to ask for when the client joins it
+ *                      for the first time (default 0: none; the server caps it at its WithHistory).
+ *                      Sent as ?history= with the rooms of the first connection, as a join
+ *                      frame's "history" otherwise, and with every rejoin (see Recovery): if the
+ *                      missed messages cannot all be recovered, the latest ones come instead.
+ *                      Throws a TypeError unless it is an integer, 0 or more.
  *   options.minDelay   First reconnect delay in ms (default 500).
  *   options.maxDelay   Largest reconnect delay in ms before jitter (default 10000). Each delay
  *                      doubles from minDelay up to maxDelay and is then scaled by 0.5–1.5 (±50 %).
@@ -41,14 +48,31 @@
  *   close    {code, reason, wasClean, reconnect, delay}: the WebSocket closed; reason is the
  *            server's explanation, if any; reconnect tells whether another attempt follows,
  *            after delay ms.
- *   joined   {room, resumed}: the server confirmed the room. From then on every message of the
- *            room arrives. resumed is true when the room was joined before a reconnect (of this
- *            client, or of the server to Redis): messages sent in between may have been missed.
+ *   joined   {room, resumed, recovered, epoch?, seq?, messages}: the server confirmed the room.
+ *            From then on every message of the room arrives, in order. resumed is true when the
+ *            room was joined before a reconnect (of this client, or of the server to Redis).
+ *            recovered is false when messages of the room may have been missed (a rejoin whose
+ *            gap the server could not fill: the room's history was trimmed, expired or lost,
+ *            or is off; or the server lost its own Redis subscription); true otherwise: a first
+ *            join, or a rejoin that got every message sent in between. epoch and seq are the
+ *            room's position at the join (see Recovery). messages holds the messages that came
+ *            with the join, oldest first, already parsed and without the ones this client had
+ *            already delivered: the history asked for, or the messages recovered after a
+ *            reconnect (often empty). They are also dispatched, right after this event and
+ *            before any live message, as ordinary "message" events with replay: true, so a page
+ *            that renders "message" events shows them without doing anything else (do not
+ *            render both).
  *   left     {room}: the room was left (once per leave() call).
- *   message  {type, room, id, user, text, ts, instance, ref?}: a chat message as relayed by the
- *            server; ts is Unix milliseconds at the origin, instance the server instance that
- *            took it from its sender. There is no local echo: your own messages arrive here too,
- *            in the same order every member of the room sees. Repeated ids are dropped.
+ *   message  {type, room, id, user, text, ts, instance, seq?, ref?, replay?}: a chat message as
+ *            relayed by the server; ts is Unix milliseconds at the origin, instance the server
+ *            instance that took it from its sender, seq its number in the room (1, 2, 3, … in an
+ *            epoch; absent on a message that something other than the chat server published).
+ *            There is no local echo: your own messages arrive here too, in the same order every
+ *            member of the room sees. replay is true for a message that came with "joined"
+ *            (history, or recovered after a reconnect) rather than live; its ref, if any, is
+ *            the one its sender gave it then, possibly on an earlier page load. Duplicates are
+ *            dropped: a seq not above the last one delivered for the room in the same epoch, or
+ *            an id seen among the last 1000.
  *   error    {code, message, ref?, room?, closeCode?}: a server error frame (bad_request,
  *            invalid_room, not_joined, too_large, rate_limited, too_many_rooms, unavailable),
  *            or one raised here:
@@ -57,7 +81,9 @@
  *                           (closeCode 1008 or 1009, see Reconnects); message is the server's
  *                           reason, such as a bad ?user= or ?room=, or too many rooms. Comes
  *                           after the close event and the state event to "closed".
- *            room is set for a failed join(); the room is then dropped from rooms.
+ *            room is set for a failed join(); the room is then dropped from rooms. A rejoin
+ *            that fails after a reconnect (such as unavailable) also sets room, but the room
+ *            stays in rooms, unjoined, and is rejoined after the next reconnect.
  *
  * Methods:
  *   join(room)               Join a room (1–64 characters of A-Z a-z 0-9 . _ -; throws a
@@ -67,9 +93,24 @@
  *                            "c1", "c2", … when none is given.
  *   close()                  Close for good: no reconnect.
  *
+ * Recovery: the client remembers each room's position, the epoch and seq of the last message
+ * it delivered (or of the room when it was joined). After a reconnect it rejoins every room
+ * whose position it knows with a join frame carrying since: {epoch, seq} (plus history when
+ * that option is set), and other rooms with ?room=. The server answers with every message
+ * after that position (recovered: true) if its history still holds them all, and the client
+ * dispatches them before the live ones: the page sees every message once, in order, as if the
+ * connection had never dropped. Otherwise (recovered: false: the room's epoch changed because
+ * its key expired or Redis lost it, or the history was trimmed past the position or is off)
+ * the page should say that messages may be missing. leave() forgets a room's position, and so
+ * does a resumed joined without one (a server that lost its Redis subscription, which Redis may
+ * have lost the room's epoch with): that room is then told apart by ids only, and its next
+ * rejoin goes by ?room= and reports recovered: false.
+ *
  * Reconnects: after any close except close() and the close codes 1008 (policy) and 1009
  * (message too big), which are not transient; 1001 (server going away), 1006 (dropped) and
- * 1013 (too slow) are retried. A connection has to stay up for 5 s before the backoff starts
+ * 1013 (too slow) are retried. The rejoins go through the server's rate limit like any frame
+ * (20 a second in bursts of 40 by default), which is more than the rooms one connection may
+ * hold (32 by default). A connection has to stay up for 5 s before the backoff starts
  * again from minDelay. The server accepts a connection with a bad ?user= or ?room=, or with
  * more rooms than it allows, and closes it with 1008 and a reason: the client stops and
  * reports the reason (error event "closed"). A handshake the server refuses outright (HTTP
@@ -125,8 +166,10 @@ export class ChatClient extends EventTarget {
   #joined = new Set(); // rooms confirmed on the current socket
   #resume = new Set(); // rooms confirmed on an earlier socket, not yet again
   #urlRooms = new Set(); // rooms passed as ?room= on the current socket
-  #joinRefs = new Map(); // ref of a join frame → room
+  #joinRefs = new Map(); // ref of a join frame → {room, rejoin}
   #leaving = new Map(); // room → whether its "left" event is still owed
+  #history = 0; // latest messages to ask for on a room's first join
+  #pos = new Map(); // room → {epoch, seq}: the position of the last message delivered
   #seen = new Set();
   #seenOrder = [];
   #refSeq = 0;
@@ -138,10 +181,14 @@ export class ChatClient extends EventTarget {
     if (this.#state === "reconnecting" && this.#timer) this.#connect();
   };
 
-  constructor(url, { user = "", rooms = [], minDelay = 500, maxDelay = 10000 } = {}) {
+  constructor(url, { user = "", rooms = [], history = 0, minDelay = 500, maxDelay = 10000 } = {}) {
     super();
     this.#url = toWebSocketURL(url);
     this.#user = checkUser(user);
+    if (!Number.isSafeInteger(history) || history < 0) {
+      throw new TypeError(`ChatClient: invalid history ${JSON.stringify(history)} (a count of messages, 0 or more)`);
+    }
+    this.#history = history;
     this.#minDelay = Math.max(0, Number(minDelay) || 0);
     this.#maxDelay = Math.max(this.#minDelay, Number(maxDelay) || 0);
     for (const r of rooms) this.#rooms.add(checkRoom(r));
@@ -170,6 +217,7 @@ export class ChatClient extends EventTarget {
   leave(room) {
     if (!this.#rooms.delete(room)) return;
     this.#resume.delete(room);
+    this.#pos.delete(room); // joined again, it is a first join: history, not recovery
     if (this.#isOpen()) {
       this.#leaving.set(room, true);
       this.#sendFrame({ type: "leave", room });
@@ -207,10 +255,16 @@ export class ChatClient extends EventTarget {
     return true;
   }
 
+  // #sendJoin joins room with a frame: with since when its position is
+  // known (a rejoin after a reconnect), with history when that is asked for.
   #sendJoin(room) {
     const ref = `j${++this.#refSeq}`;
-    this.#joinRefs.set(ref, room);
-    this.#sendFrame({ type: "join", room, ref });
+    const frame = { type: "join", room, ref };
+    const pos = this.#pos.get(room);
+    if (pos) frame.since = { epoch: pos.epoch, seq: pos.seq };
+    if (this.#history > 0) frame.history = this.#history;
+    this.#joinRefs.set(ref, { room, rejoin: pos !== undefined });
+    this.#sendFrame(frame);
   }
 
   #emit(type, detail) {
@@ -230,9 +284,13 @@ export class ChatClient extends EventTarget {
     const u = new URL(this.#url);
     u.searchParams.delete("room");
     u.searchParams.delete("user");
+    u.searchParams.delete("history");
     if (this.#user) u.searchParams.set("user", this.#user);
-    this.#urlRooms = new Set(this.#rooms);
+    // Rooms with a known position are rejoined with since, which only a
+    // join frame can carry (#handleOpen); the others go in the URL.
+    this.#urlRooms = new Set([...this.#rooms].filter((r) => !this.#pos.has(r)));
     for (const r of this.#urlRooms) u.searchParams.append("room", r);
+    if (this.#urlRooms.size > 0 && this.#history > 0) u.searchParams.set("history", String(this.#history));
     if (this.#state !== "reconnecting") this.#setState("connecting");
 
     const ws = new WebSocket(u);
@@ -246,7 +304,8 @@ export class ChatClient extends EventTarget {
     this.#openedAt = Date.now();
     const reconnect = this.#everOpened;
     this.#everOpened = true;
-    // Rooms joined while this socket was connecting were not in its URL.
+    // Rooms to rejoin with since, and rooms joined while this socket was
+    // connecting, were not in its URL.
     for (const r of this.#rooms) if (!this.#urlRooms.has(r)) this.#sendJoin(r);
     if (!this.#closing) this.#setState("open");
     this.#emit("open", { reconnect });
@@ -262,7 +321,7 @@ export class ChatClient extends EventTarget {
     if (!f || typeof f !== "object") return;
     switch (f.type) {
       case "joined": {
-        for (const [ref, room] of this.#joinRefs) if (room === f.room) this.#joinRefs.delete(ref);
+        for (const [ref, j] of this.#joinRefs) if (j.room === f.room) this.#joinRefs.delete(ref);
         if (!this.#rooms.has(f.room)) {
           // Left (or never wanted) while the join was on its way: undo it quietly.
           if (!this.#leaving.has(f.room)) {
@@ -271,10 +330,45 @@ export class ChatClient extends EventTarget {
           }
           return;
         }
-        const resumed = f.resumed === true || this.#resume.has(f.room);
+        const rejoin = this.#resume.has(f.room);
+        const resumed = f.resumed === true || rejoin;
         this.#resume.delete(f.room);
         this.#joined.add(f.room);
-        this.#emit("joined", { room: f.room, resumed });
+        const before = this.#pos.get(f.room);
+        // Messages may be missing when the server says so (recovered:false,
+        // or resumed without recovered: a server that lost its Redis
+        // subscription), or after a rejoin without since (no position known).
+        let recovered;
+        if (typeof f.recovered === "boolean") recovered = f.recovered;
+        else recovered = !(f.resumed === true || (rejoin && before === undefined));
+        const messages = [];
+        for (const m of Array.isArray(f.messages) ? f.messages : []) {
+          if (!m || typeof m !== "object" || m.room !== f.room) continue;
+          // Dedup against what was delivered before this join: same epoch, seq
+          // not above the last one (a rejoin whose gap could not be filled
+          // gets the latest messages, some of which were shown already).
+          if (typeof m.seq === "number" && before && before.epoch === f.epoch && m.seq <= before.seq) continue;
+          if (this.#seenBefore(m.id)) continue;
+          m.replay = true;
+          messages.push(m);
+        }
+        if (typeof f.epoch === "string" && typeof f.seq === "number") {
+          this.#pos.set(f.room, { epoch: f.epoch, seq: f.seq });
+        } else {
+          // A server that lost its Redis subscription says resumed without
+          // a position: the room's epoch may have changed (Redis restarted),
+          // so the old position could drop new messages as duplicates.
+          // Until the next join, ids alone tell duplicates.
+          this.#pos.delete(f.room);
+        }
+        const detail = { room: f.room, resumed, recovered, messages };
+        if (typeof f.epoch === "string") detail.epoch = f.epoch;
+        if (typeof f.seq === "number") detail.seq = f.seq;
+        this.#emit("joined", detail);
+        for (const m of messages) {
+          if (!this.#rooms.has(f.room)) break; // a listener left the room
+          this.#emit("message", m);
+        }
         return;
       }
       case "left": {
@@ -285,12 +379,14 @@ export class ChatClient extends EventTarget {
         return;
       }
       case "message": {
-        if (f.id !== undefined) {
-          if (this.#seen.has(f.id)) return;
-          this.#seen.add(f.id);
-          this.#seenOrder.push(f.id);
-          if (this.#seenOrder.length > SEEN_IDS) this.#seen.delete(this.#seenOrder.shift());
+        if (typeof f.seq === "number") {
+          const pos = this.#pos.get(f.room);
+          if (pos) {
+            if (f.seq <= pos.seq) return; // delivered already
+            pos.seq = f.seq;
+          }
         }
+        if (this.#seenBefore(f.id)) return;
         this.#emit("message", f);
         return;
       }
@@ -298,17 +394,33 @@ export class ChatClient extends EventTarget {
         const detail = { code: f.code, message: f.message };
         if (f.ref !== undefined) detail.ref = f.ref;
         if (f.room !== undefined) detail.room = f.room;
-        const room = f.ref !== undefined ? this.#joinRefs.get(f.ref) : undefined;
-        if (room !== undefined) {
+        const join = f.ref !== undefined ? this.#joinRefs.get(f.ref) : undefined;
+        if (join !== undefined) {
           this.#joinRefs.delete(f.ref);
-          this.#rooms.delete(room);
-          this.#resume.delete(room);
-          detail.room = room;
+          detail.room = join.room;
+          if (!join.rejoin) {
+            this.#rooms.delete(join.room);
+            this.#resume.delete(join.room);
+            this.#pos.delete(join.room);
+          }
+          // A failed rejoin keeps the room (and its position) for the next
+          // connection: the user did not ask to leave it.
         }
         this.#emit("error", detail);
         return;
       }
     }
+  }
+
+  // #seenBefore records id among the last SEEN_IDS ones and tells whether
+  // it was there already.
+  #seenBefore(id) {
+    if (id === undefined) return false;
+    if (this.#seen.has(id)) return true;
+    this.#seen.add(id);
+    this.#seenOrder.push(id);
+    if (this.#seenOrder.length > SEEN_IDS) this.#seen.delete(this.#seenOrder.shift());
+    return false;
   }
 
   #handleClose(e) {

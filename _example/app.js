@@ -4,12 +4,13 @@ import { ChatClient } from "/chat.js";
 
 const ROOM_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const MAX_ERRORS = 5;
+const HISTORY = 50; // messages a room shows when it is joined, and after a reload
 const $ = (id) => document.getElementById(id);
 const myInstance = document.body.dataset.instance;
 
 let client = null;
 let active = null; // the room the composer sends to
-const rooms = new Map(); // room → {tab, panel, list, unread}
+const rooms = new Map(); // room → {tab, panel, list, unread, count, ids, countReplay}
 
 function el(tag, props = {}, ...children) {
   const e = document.createElement(tag);
@@ -48,7 +49,11 @@ function addRoom(room) {
   const panel = el("section", { class: "panel", role: "tabpanel", "data-testid": "panel", "data-room": room, "aria-label": `#${room}`, hidden: "" }, list);
   $("tabs").append(tab);
   $("panels").append(panel);
-  r = { tab, panel, list, unread, count: 0 };
+  // ids: the messages shown, so that a new connection (a new name) that
+  // asks for the history again shows none twice. countReplay: whether the
+  // messages that come with the room's latest "joined" count as unread
+  // (missed during a reconnect) or not (history).
+  r = { tab, panel, list, unread, count: 0, ids: new Set(), countReplay: false };
   rooms.set(room, r);
   $("empty").hidden = true;
   if (!active) select(room);
@@ -88,12 +93,12 @@ function select(room) {
   updateComposer();
 }
 
-function append(room, item) {
+function append(room, item, unread = false) {
   const r = rooms.get(room) ?? addRoom(room);
   const stick = r.panel.scrollHeight - r.panel.scrollTop - r.panel.clientHeight < 40;
   r.list.append(item);
   if (stick) r.panel.scrollTop = r.panel.scrollHeight;
-  if (room !== active && item.dataset.testid === "message") {
+  if (room !== active && unread) {
     r.unread.textContent = String(++r.count);
   }
 }
@@ -107,7 +112,7 @@ function systemLine(room, text, warn = false) {
 function connect(name) {
   let c;
   try {
-    c = new ChatClient("/chat", { user: name, rooms: [...rooms.keys()] });
+    c = new ChatClient("/chat", { user: name, rooms: [...rooms.keys()], history: HISTORY });
   } catch (err) {
     showError(err.message); // an invalid name: keep the current connection
     return false;
@@ -124,11 +129,16 @@ function connect(name) {
     else showState("closed", `disconnected (close code ${code}${reason ? `: ${reason}` : ""}); set a name to reconnect`);
   });
   on("state", ({ state }) => { if ($("state").dataset.state !== state) showState(state); });
-  on("joined", ({ room, resumed }) => {
+  // The messages that come with "joined" (the room's history on a first
+  // join, what was missed on a rejoin) follow as "message" events. Only a
+  // rejoin that could not recover them all is worth a warning.
+  on("joined", ({ room, resumed, recovered, messages }) => {
     const r = addRoom(room);
     r.tab.dataset.joined = "true";
-    if (resumed) systemLine(room, "Reconnected: messages sent while the connection was down may be missing.", true);
-    else systemLine(room, `Joined #${room} as ${name}.`);
+    r.countReplay = resumed;
+    const earlier = messages.filter((m) => !r.ids.has(m.id)).length;
+    if (!recovered) systemLine(room, "Reconnected: messages sent while the connection was down may be missing.", true);
+    else if (!resumed) systemLine(room, `Joined #${room} as ${name}.${earlier ? ` The last ${earlier === 1 ? "message" : `${earlier} messages`}:` : ""}`);
     updateComposer();
   });
   on("left", ({ room }) => removeRoom(room));
@@ -155,12 +165,15 @@ function showState(state, text) {
 }
 
 function showMessage(m) {
-  if (!rooms.has(m.room)) return;
+  const r = rooms.get(m.room);
+  if (!r || r.ids.has(m.id)) return;
+  r.ids.add(m.id);
   const time = new Date(m.ts);
   const local = m.instance === myInstance;
   append(m.room, el("li", {
     class: m.user === client.user ? "message mine" : "message",
     "data-testid": "message", "data-id": m.id, "data-user": m.user, "data-instance": m.instance,
+    ...(m.seq !== undefined && { "data-seq": m.seq }),
   },
   el("div", { class: "meta" },
     el("span", { class: "user", "data-testid": "user", text: m.user }),
@@ -169,7 +182,7 @@ function showMessage(m) {
     el("span", { class: local ? "via local" : "via", "data-testid": "via",
       title: local ? "relayed by this page's server" : "relayed by another server instance",
       text: `via ${m.instance}` })),
-  el("div", { class: "text", "data-testid": "text", text: m.text })));
+  el("div", { class: "text", "data-testid": "text", text: m.text })), !m.replay || r.countReplay);
 }
 
 function showError(text) {

@@ -52,7 +52,12 @@ func main() {
 	flag.Float64Var(&set.rate, "rate-limit", 20, "messages per second per connection, in bursts of twice that; 0 = no limit")
 	flag.IntVar(&set.maxConns, "max-conns", 10000, "WebSocket connections per instance (over it: HTTP 503)")
 	flag.IntVar(&set.perIP, "max-conns-per-ip", 256, "connections open at once from one IP address, per instance; 0 = no limit\n(behind a reverse proxy, limit there instead)")
+	flag.IntVar(&set.history, "history", 100, "messages Redis keeps per room, for the page's history and for recovery\nafter a reconnect; 0 = off")
 	flag.Parse()
+	if set.history < 0 {
+		fmt.Fprintln(os.Stderr, "-history: a count of messages, 0 or more")
+		os.Exit(2)
+	}
 	if *redisURL == "" {
 		*redisURL = os.Getenv("REDIS_URL")
 	}
@@ -64,6 +69,7 @@ type settings struct {
 	rate     float64 // messages per second per connection; 0: none
 	maxConns int     // WebSocket connections per instance
 	perIP    int     // connections at once from one IP; 0: none
+	history  int     // messages kept per room (chat.WithHistory); 0: none
 }
 
 // instance is one chat server: an address, a Handler and its Redis clients.
@@ -123,7 +129,7 @@ func run(addrList, redisURL string, set settings) int {
 			return 1
 		}
 		ids = append(ids, in.h.InstanceID())
-		in.log.Info("chat instance listening", "url", in.url, "redis", redisDesc, "rate_limit", set.rate, "max_conns", set.maxConns, "max_conns_per_ip", set.perIP)
+		in.log.Info("chat instance listening", "url", in.url, "redis", redisDesc, "rate_limit", set.rate, "max_conns", set.maxConns, "max_conns_per_ip", set.perIP, "history", set.history)
 	}
 	// go-redis logs through one global logger (reconnects, dial failures); it
 	// cannot tell which instance a line is about, so it names them all.
@@ -174,7 +180,7 @@ func newInstance(addr string, opt *redis.Options, set settings, base *slog.Logge
 	if set.rate > 0 {
 		burst = max(1, int(math.Ceil(2*set.rate)))
 	}
-	in.h = chat.New(in.pub, in.sub, chat.WithLogger(base), chat.WithRateLimit(set.rate, burst), chat.WithMaxConnections(set.maxConns))
+	in.h = chat.New(in.pub, in.sub, chat.WithLogger(base), chat.WithRateLimit(set.rate, burst), chat.WithMaxConnections(set.maxConns), chat.WithHistory(set.history))
 	in.log = base.With("instance", in.h.InstanceID())
 
 	mux := http.NewServeMux()

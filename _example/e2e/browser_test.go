@@ -276,8 +276,10 @@ func TestBrowserTwoInstances(t *testing.T) {
 
 // TestBrowserReconnect stops the server under an open page and starts it
 // again on the same port: the page shows "reconnecting", comes back by
-// itself, rejoins its room with resumed:true (and says messages may be
-// missing), and chatting works again.
+// itself, rejoins its room, and chatting works again. The demo's embedded
+// Redis restarts empty with it, so the room begins a new epoch: the rejoin
+// cannot be recovered (recovered:false) and the page says messages may be
+// missing. (TestBrowserStopStartRecovers has Redis outlive the server.)
 func TestBrowserReconnect(t *testing.T) {
 	ctx := browser(t)
 	addr := demotest.FreeAddr(t)
