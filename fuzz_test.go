@@ -65,6 +65,15 @@ func FuzzDecodeFrame(f *testing.F) {
 		`{"type":null,"room":"lobby","ref":7}`,
 		`{"type":"shout","room":"lobby","ref":"s"}`,
 		`{"ref":"only"`,
+		`{"type":"join","room":"lobby","history":50,"ref":"h"}`,
+		`{"type":"join","room":"lobby","history":-1,"ref":"h"}`,
+		`{"type":"join","room":"lobby","history":"50","ref":"h"}`,
+		`{"type":"join","room":"lobby","history":1e400,"ref":"h"}`,
+		`{"type":"join","room":"lobby","since":{"epoch":"1764600000.123","seq":41},"ref":"s"}`,
+		`{"type":"join","room":"lobby","since":{"epoch":"","seq":41},"ref":"s"}`,
+		`{"type":"join","room":"lobby","since":{"epoch":"e","seq":-4},"ref":"s"}`,
+		`{"type":"join","room":"lobby","since":{"epoch":7,"seq":"x"},"ref":"s"}`,
+		`{"type":"join","room":"lobby","since":[1,2],"history":2,"ref":"s"}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -78,6 +78,8 @@ func newStatsCollector(id string, stats func() chat.Stats) *statsCollector {
 				func(s chat.Stats) uint64 { return s.RedisErrors }),
 			counter("chat_subscription_reconnects_total", "Times the Redis subscription connection was lost or replaced.",
 				func(s chat.Stats) uint64 { return s.SubscriptionReconnects }),
+			counter("chat_gap_fills_total", "Rooms whose members got from the history what a lost subscription missed, or were told it could not be.",
+				func(s chat.Stats) uint64 { return s.GapFills }),
 		},
 	}
 }

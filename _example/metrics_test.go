@@ -65,6 +65,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		"chat_dropped_total{reason=unavailable}":                    0,
 		"chat_redis_errors_total":                                   0,
 		"chat_subscription_reconnects_total":                        0,
+		"chat_gap_fills_total":                                      0,
 	}
 	for name, v := range want {
 		if g, ok := got[name]; !ok || g != v {
@@ -136,7 +137,7 @@ func TestStatsCollector(t *testing.T) {
 			Connections: 3, Rooms: 2, ConnectionsAccepted: 10, ConnectionsRefused: 9,
 			MessagesPublished: 20, Deliveries: 30,
 			Dropped:     chat.Drops{SlowClients: 1, RateLimited: 4, BadFrames: 5, Unavailable: 6},
-			RedisErrors: 7, SubscriptionReconnects: 8,
+			RedisErrors: 7, SubscriptionReconnects: 8, GapFills: 11,
 		}
 	})
 	const want = `
@@ -158,6 +159,9 @@ chat_dropped_total{reason="bad_frame"} 5
 chat_dropped_total{reason="rate_limited"} 4
 chat_dropped_total{reason="slow_client"} 1
 chat_dropped_total{reason="unavailable"} 6
+# HELP chat_gap_fills_total Rooms whose members got from the history what a lost subscription missed, or were told it could not be.
+# TYPE chat_gap_fills_total counter
+chat_gap_fills_total 11
 # HELP chat_instance_info Always 1; instance_id is the chat instance ID, as on its log lines and messages.
 # TYPE chat_instance_info gauge
 chat_instance_info{instance_id="abc123"} 1
@@ -177,7 +181,7 @@ chat_subscription_reconnects_total 8
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
-	if n := testutil.CollectAndCount(c); n != 13 {
-		t.Errorf("%d samples, want 13", n)
+	if n := testutil.CollectAndCount(c); n != 14 {
+		t.Errorf("%d samples, want 14", n)
 	}
 }
