@@ -20,11 +20,12 @@
 // protocol described in the README: join, leave and message frames in;
 // joined, left, message and error frames out.
 //
-// A Redis that stalls loses nothing: a silent subscription connection is
-// replaced make-before-break. Beyond that delivery is at most once, as
-// Redis Pub/Sub is: messages published while an instance's subscription
-// connection is broken are lost to that instance's clients, who are then
-// sent {"type":"joined","room":…,"resumed":true}.
+// Every message gets its room's next seq in Redis, and the room's last
+// messages stay there (WithHistory): a join can ask for them, a client that
+// reconnects gets exactly what it missed (since), and an instance that lost
+// its subscription connection fills the gap for its members from the
+// history before anything live. A Redis that stalls loses nothing: a silent
+// subscription connection is replaced make-before-break.
 package chat
 
 import (

@@ -143,3 +143,28 @@ func ExampleHandler_InstanceID() {
 	// Output:
 	// true
 }
+
+// A server-side render of a room: its latest messages, oldest first, as
+// Redis keeps them (WithHistory), whether or not anyone is in the room here.
+func ExampleHandler_History() {
+	mr, pub, sub := redisPair()
+	defer mr.Close()
+	h := chat.New(pub, sub)
+	defer h.Shutdown(context.Background())
+	ctx := context.Background()
+	for _, text := range []string{"first", "second", "third"} {
+		if err := h.Publish(ctx, "lobby", "bot", text); err != nil {
+			log.Fatal(err)
+		}
+	}
+	msgs, err := h.History(ctx, "lobby", 2)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, m := range msgs {
+		fmt.Println(m.Seq, m.User, m.Text)
+	}
+	// Output:
+	// 2 bot second
+	// 3 bot third
+}

@@ -308,3 +308,44 @@ func ExampleWithMaxConnections() {
 	// Output:
 	// true 1
 }
+
+// Redis keeps each room's last n messages; a join can ask for them, and a
+// client that reconnects gets what it missed.
+func ExampleWithHistory() {
+	mr, pub, sub := redisPair()
+	defer mr.Close()
+	h := chat.New(pub, sub, chat.WithHistory(2))
+	defer h.Shutdown(context.Background())
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	for _, text := range []string{"one", "two", "three"} {
+		if err := h.Publish(context.Background(), "lobby", "bot", text); err != nil {
+			log.Fatal(err)
+		}
+	}
+
+	ws := dial(srv, "")
+	defer ws.Close()
+	join := map[string]any{"type": "join", "room": "lobby", "history": 10}
+	if err := websocket.JSON.Send(ws, join); err != nil {
+		log.Fatal(err)
+	}
+	var joined struct {
+		Seq      int
+		Messages []struct {
+			Seq  int
+			Text string
+		}
+	}
+	if err := websocket.JSON.Receive(ws, &joined); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("the room is at seq", joined.Seq)
+	for _, m := range joined.Messages {
+		fmt.Println(m.Seq, m.Text)
+	}
+	// Output:
+	// the room is at seq 3
+	// 2 two
+	// 3 three
+}
