@@ -220,16 +220,26 @@ func TestHistoryKeptAndExpires(t *testing.T) {
 	be := miniBackend(t)
 	in := newInstance(t, be, WithHistory(3), WithRoomTTL(time.Minute))
 	c := in.connect(t, "user=ann&room=kept")
-	var frames []string
+	var frames []string // exactly as the member received them
 	for i := 1; i <= 5; i++ {
 		must(t, c.SendJSON(msgFrame("kept", fmt.Sprintf("m%d", i), "")))
-		m := c.Next(t, "message", wait)
-		frames = append(frames, fmt.Sprint(m))
+		op, payload, err := c.ReadFrame(wait)
+		must(t, err)
+		if op != wstest.OpText {
+			t.Fatalf("frame opcode %#x", op)
+		}
+		frames = append(frames, string(payload))
 	}
 	rc := be.client(t)
 	ctx := context.Background()
-	if n := rc.XLen(ctx, "chat:hist:{kept}").Val(); n != 3 {
-		t.Errorf("XLEN = %d, want 3", n)
+	entries, err := rc.XRange(ctx, "chat:hist:{kept}", "-", "+").Result()
+	must(t, err)
+	var stored []string
+	for _, e := range entries {
+		stored = append(stored, fmt.Sprint(e.Values["m"]))
+	}
+	if strings.Join(stored, "\n") != strings.Join(frames[2:], "\n") {
+		t.Errorf("history holds\n%s\nwant the last 3 frames the member received\n%s", strings.Join(stored, "\n"), strings.Join(frames[2:], "\n"))
 	}
 	msgs, err := in.h.History(ctx, "kept", 10)
 	must(t, err)
