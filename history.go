@@ -30,20 +30,13 @@ type joinWant struct {
 	since   *position // send every message after this position (recovery)
 }
 
-// readScript creates the room's key if it is missing (as touchScript),
-// refreshes the TTLs, and returns in one atomic step the room's seq and
-// epoch, the stream's entries after seq ARGV[2] (none if it is negative),
-// and its latest ARGV[3] entries, newest first.
+// readScript ensures the room's key (ensureRoomLua) and returns in one
+// atomic step the room's seq and epoch, the stream's entries after seq
+// ARGV[2] (none if it is negative), and its latest ARGV[3] entries, newest
+// first.
 //
 // KEYS: room hash, history stream. ARGV: TTL (s), since, count.
-const readScript = `if redis.call('HSETNX', KEYS[1], 's', 0) == 1 then
-  local t = redis.call('TIME')
-  redis.call('HSET', KEYS[1], 'e', t[1] .. '.' .. t[2])
-  redis.call('DEL', KEYS[2])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-local st = redis.call('HMGET', KEYS[1], 's', 'e')
+const readScript = ensureRoomLua + `local st = redis.call('HMGET', KEYS[1], 's', 'e')
 local after, latest = {}, {}
 if tonumber(ARGV[2]) >= 0 then
   after = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[2]) + 1) .. '-0', '+')

@@ -22,20 +22,22 @@ type roomActivity struct {
 	ttl   time.Duration
 }
 
-// touchScript creates a room's key if it is missing (seq 0, a new epoch,
+// ensureRoomLua creates a room's key if it is missing (seq 0, a new epoch,
 // and no history from an older epoch) and refreshes the TTLs of the key and
 // the history together. A missing key is one that expired or that Redis
-// lost; either way the room starts a new epoch.
-//
-// KEYS: room hash, history stream. ARGV: TTL (s).
-const touchScript = `if redis.call('HSETNX', KEYS[1], 's', 0) == 1 then
+// lost; either way the room starts a new epoch. Scripts that start with it
+// take KEYS: room hash, history stream; ARGV[1]: TTL (s).
+const ensureRoomLua = `if redis.call('HSETNX', KEYS[1], 's', 0) == 1 then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[1], 'e', t[1] .. '.' .. t[2])
   redis.call('DEL', KEYS[2])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-return 1`
+`
+
+// touchScript keeps a room alive: ensureRoomLua alone.
+const touchScript = ensureRoomLua + `return 1`
 
 // touch refreshes the keys of rooms, creating those that are missing, in one
 // pipelined round trip (per node on a Cluster).
