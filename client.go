@@ -70,12 +70,21 @@ func newClient(h *Handler, ws *websocket.Conn, wire *wireConn, user string, canc
 // connection ends (reader.go), and cleans up.
 // Its frame is small: an idle connection waits below it (readFrames).
 func (c *client) serve(ctx context.Context, rooms []string, history int) {
-	c.start(rooms, history)
+	c.start(ctx, rooms, history)
 	c.finish(c.readFrames(ctx))
 }
 
-func (c *client) start(rooms []string, history int) {
+// start joins the rooms named at connect; a room the authorize hook
+// refuses closes the connection with 1008 and the hook's reason.
+func (c *client) start(ctx context.Context, rooms []string, history int) {
 	c.h.log.Debug("client connected", "user", c.user, "remote", c.wire.RemoteAddr().String())
+	for _, room := range rooms {
+		if err := c.authorize(ctx, room); err != nil {
+			c.h.stats.forbidden.Add(1)
+			c.closeWith(closePolicy, "forbidden: "+room+": "+err.Error(), false)
+			return
+		}
+	}
 	for _, room := range rooms {
 		c.h.join(c, room, "", joinWant{history: history})
 	}
@@ -95,6 +104,10 @@ func (c *client) handle(ctx context.Context, data []byte, refused bool) {
 	}
 	switch f.Type {
 	case typeJoin:
+		if err := c.authorize(ctx, f.Room); err != nil {
+			c.sendError(codeForbidden, err.Error(), f.Ref)
+			return
+		}
 		want := joinWant{since: f.Since}
 		if f.History != nil {
 			want.history = min(*f.History, c.h.cfg.history)
@@ -111,8 +124,21 @@ func (c *client) handle(ctx context.Context, data []byte, refused bool) {
 			c.sendError(codeNotJoined, "join "+f.Room+" before sending to it", f.Ref)
 			return
 		}
+		m := Message{Room: f.Room, User: c.user, Text: f.Text, Ref: f.Ref}
+		if err := c.moderate(ctx, &m); err != nil {
+			c.sendError(codeForbidden, err.Error(), f.Ref)
+			return
+		}
+		switch {
+		case m.Text == "":
+			c.sendError(codeBadRequest, "the message hook left no text", f.Ref)
+			return
+		case len(m.Text) > c.h.cfg.maxText:
+			c.sendError(codeTooLarge, "the message hook made the text longer than "+strconv.Itoa(c.h.cfg.maxText)+" bytes", f.Ref)
+			return
+		}
 		// Members, the sender included, see it when Redis relays it back.
-		c.h.pub.send(ctx, c.lane, f.Room, c.user, f.Text, f.Ref, c)
+		c.h.pub.send(ctx, c.lane, f.Room, c.user, m.Text, f.Ref, c)
 	}
 }
 
@@ -131,6 +157,8 @@ func (c *client) sendError(code, msg, ref string) {
 		c.h.stats.rateLimited.Add(1)
 	case codeUnavailable:
 		c.h.stats.unavailable.Add(1)
+	case codeForbidden:
+		c.h.stats.forbidden.Add(1)
 	default:
 		c.h.stats.badFrames.Add(1)
 	}

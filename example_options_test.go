@@ -349,3 +349,55 @@ func ExampleWithHistory() {
 	// 2 two
 	// 3 three
 }
+
+// Where a user may go: here rooms named staff-* are for admins. A refused
+// join is answered forbidden, and the client is never subscribed.
+func ExampleWithAuthorize() {
+	mr, pub, sub := redisPair()
+	defer mr.Close()
+	h := chat.New(pub, sub, chat.WithAuthorize(func(ctx context.Context, user, room string) error {
+		if strings.HasPrefix(room, "staff-") && !strings.HasPrefix(user, "admin") {
+			return errors.New("staff only")
+		}
+		return nil
+	}))
+	defer h.Shutdown(context.Background())
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+
+	ws := dial(srv, "?user=bob")
+	defer ws.Close()
+	send(ws, map[string]string{"type": "join", "room": "staff-ops", "ref": "j1"})
+	f := receive(ws)
+	fmt.Println(f.Type, f.Code, f.Ref)
+	// Output:
+	// error forbidden j1
+}
+
+// Moderation before publish: the hook may rewrite the text, which every
+// member then gets, or refuse the message.
+func ExampleWithOnMessage() {
+	mr, pub, sub := redisPair()
+	defer mr.Close()
+	h := chat.New(pub, sub, chat.WithOnMessage(func(ctx context.Context, m *chat.Message) error {
+		if strings.Contains(m.Text, "http://") {
+			return errors.New("no links, please")
+		}
+		m.Text = strings.ReplaceAll(m.Text, "darn", "d**n")
+		return nil
+	}))
+	defer h.Shutdown(context.Background())
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+
+	ws := dial(srv, "?room=lobby")
+	defer ws.Close()
+	send(ws, map[string]string{"type": "message", "room": "lobby", "text": "darn it"})
+	fmt.Println(receive(ws).Text)
+	send(ws, map[string]string{"type": "message", "room": "lobby", "text": "see http://x", "ref": "m2"})
+	f := receive(ws)
+	fmt.Println(f.Code, f.Ref)
+	// Output:
+	// d**n it
+	// forbidden m2
+}

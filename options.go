@@ -1,6 +1,7 @@
 package chat
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -17,6 +18,8 @@ type config struct {
 	roomTTL      time.Duration
 	keyPrefix    string
 	authenticate func(*http.Request) (string, error)
+	authorize    func(ctx context.Context, user, room string) error
+	onMessage    func(ctx context.Context, m *Message) error
 	origins      map[string]bool // lower-cased; "*" allows every origin
 	maxText      int
 	sendQueue    int     // bytes of queued frames per connection
@@ -104,6 +107,32 @@ func WithKeyPrefix(p string) Option {
 // gets an anonymous one.
 func WithAuthenticate(fn func(*http.Request) (user string, err error)) Option {
 	return func(c *config) { c.authenticate = fn }
+}
+
+// WithAuthorize sets a hook that decides where a user may go: it runs
+// before a client is subscribed to a room (a join frame, or ?room= at
+// connect), and an error refuses the room: the client gets a "forbidden"
+// error frame with the error's text and its join's ref, and the connection
+// stays (at connect: close 1008 with the reason). The client is never
+// subscribed, not even briefly. ctx carries the values of the upgrade
+// request's context (what middleware put there: a session, say) and ends
+// with the connection. The hook runs on the connection's own reader: a slow
+// one delays that client alone; one that panics is recovered, logged, and
+// answered "forbidden". Whether a kicked user may come back is its
+// decision too.
+func WithAuthorize(fn func(ctx context.Context, user, room string) error) Option {
+	return func(c *config) { c.authorize = fn }
+}
+
+// WithOnMessage sets a hook that runs before a client's message is
+// published: it may change m.Text (moderation), which is then checked again
+// (empty: bad_request, too long: too_large), or refuse the message with an
+// error, whose text the sender gets in a "forbidden" error frame. Other
+// fields of m are the server's and changes to them are ignored. ctx is as
+// for WithAuthorize; so is the treatment of a slow or panicking hook.
+// Messages sent with Handler.Publish do not pass through it.
+func WithOnMessage(fn func(ctx context.Context, m *Message) error) Option {
+	return func(c *config) { c.onMessage = fn }
 }
 
 // WithAllowedOrigins lists the cross-origin pages allowed to connect, as

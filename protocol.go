@@ -18,6 +18,7 @@ const (
 	codeRateLimited  = "rate_limited"
 	codeTooManyRooms = "too_many_rooms"
 	codeUnavailable  = "unavailable"
+	codeForbidden    = "forbidden"
 )
 
 // Client frame types. The server's frames are written by their encoders below.

@@ -29,6 +29,7 @@ type Drops struct {
 	RateLimited uint64 // frames answered rate_limited
 	BadFrames   uint64 // frames answered bad_request, invalid_room, not_joined, too_large or too_many_rooms
 	Unavailable uint64 // messages and joins answered unavailable because Redis failed or did not confirm in time
+	Forbidden   uint64 // joins and messages an application hook refused (WithAuthorize, WithOnMessage)
 }
 
 // counters are the live values behind Stats, updated without locks.
@@ -41,6 +42,7 @@ type counters struct {
 	rateLimited            atomic.Uint64
 	badFrames              atomic.Uint64
 	unavailable            atomic.Uint64
+	forbidden              atomic.Uint64
 	redisErrors            atomic.Uint64
 	subscriptionReconnects atomic.Uint64
 	gapFills               atomic.Uint64
@@ -65,6 +67,7 @@ func (h *Handler) Stats() Stats {
 			RateLimited: c.rateLimited.Load(),
 			BadFrames:   c.badFrames.Load(),
 			Unavailable: c.unavailable.Load(),
+			Forbidden:   c.forbidden.Load(),
 		},
 		RedisErrors:            c.redisErrors.Load(),
 		SubscriptionReconnects: c.subscriptionReconnects.Load(),

@@ -74,7 +74,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// x/net keeps the request, ours, for the connection's life;
 			// the handshake was its only use.
 			ws.Request().Header, ws.Request().URL = nil, nil
-			ctx, cancel := context.WithCancel(context.Background())
+			// The connection's context: a life of its own, and the request's
+			// values when an application hook may want them (they would
+			// otherwise hold the request's context for nothing).
+			base := context.Background()
+			if h.cfg.authorize != nil || h.cfg.onMessage != nil {
+				base = context.WithoutCancel(r.Context())
+			}
+			ctx, cancel := context.WithCancel(base)
 			c := newClient(h, ws, wire, user, cancel)
 			h.stats.connectionsAccepted.Add(1)
 			go func() {

@@ -53,6 +53,7 @@ func main() {
 	flag.IntVar(&set.maxConns, "max-conns", 10000, "WebSocket connections per instance (over it: HTTP 503)")
 	flag.IntVar(&set.perIP, "max-conns-per-ip", 256, "connections open at once from one IP address, per instance; 0 = no limit\n(behind a reverse proxy, limit there instead)")
 	flag.IntVar(&set.history, "history", 100, "messages Redis keeps per room, for the page's history and for recovery\nafter a reconnect; 0 = off")
+	flag.BoolVar(&set.privateRooms, "private-rooms", false, "rooms named staff-* admit only users whose name starts with admin\n(the others get forbidden; chat.WithAuthorize at work)")
 	flag.Parse()
 	if set.history < 0 {
 		fmt.Fprintln(os.Stderr, "-history: a count of messages, 0 or more")
@@ -70,6 +71,17 @@ type settings struct {
 	maxConns int     // WebSocket connections per instance
 	perIP    int     // connections at once from one IP; 0: none
 	history  int     // messages kept per room (chat.WithHistory); 0: none
+
+	privateRooms bool // staff-* rooms for admin* users only (chat.WithAuthorize)
+}
+
+// staffOnly is the -private-rooms policy: rooms whose name starts with
+// "staff-" admit only users whose name starts with "admin".
+func staffOnly(_ context.Context, user, room string) error {
+	if strings.HasPrefix(room, "staff-") && !strings.HasPrefix(user, "admin") {
+		return errors.New("staff rooms are for admins only")
+	}
+	return nil
 }
 
 // instance is one chat server: an address, a Handler and its Redis clients.
@@ -180,7 +192,11 @@ func newInstance(addr string, opt *redis.Options, set settings, base *slog.Logge
 	if set.rate > 0 {
 		burst = max(1, int(math.Ceil(2*set.rate)))
 	}
-	in.h = chat.New(in.pub, in.sub, chat.WithLogger(base), chat.WithRateLimit(set.rate, burst), chat.WithMaxConnections(set.maxConns), chat.WithHistory(set.history))
+	opts := []chat.Option{chat.WithLogger(base), chat.WithRateLimit(set.rate, burst), chat.WithMaxConnections(set.maxConns), chat.WithHistory(set.history)}
+	if set.privateRooms {
+		opts = append(opts, chat.WithAuthorize(staffOnly))
+	}
+	in.h = chat.New(in.pub, in.sub, opts...)
 	in.log = base.With("instance", in.h.InstanceID())
 
 	mux := http.NewServeMux()

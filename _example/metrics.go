@@ -74,6 +74,7 @@ func newStatsCollector(id string, stats func() chat.Stats) *statsCollector {
 			drop("rate_limited", func(d chat.Drops) uint64 { return d.RateLimited }),
 			drop("bad_frame", func(d chat.Drops) uint64 { return d.BadFrames }),
 			drop("unavailable", func(d chat.Drops) uint64 { return d.Unavailable }),
+			drop("forbidden", func(d chat.Drops) uint64 { return d.Forbidden }),
 			counter("chat_redis_errors_total", "Failed Redis commands: publishes, subscriptions, activity keys.",
 				func(s chat.Stats) uint64 { return s.RedisErrors }),
 			counter("chat_subscription_reconnects_total", "Times the Redis subscription connection was lost or replaced.",

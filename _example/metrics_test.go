@@ -63,6 +63,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		"chat_dropped_total{reason=rate_limited}":                   0,
 		"chat_dropped_total{reason=bad_frame}":                      1,
 		"chat_dropped_total{reason=unavailable}":                    0,
+		"chat_dropped_total{reason=forbidden}":                      0,
 		"chat_redis_errors_total":                                   0,
 		"chat_subscription_reconnects_total":                        0,
 		"chat_gap_fills_total":                                      0,
@@ -136,7 +137,7 @@ func TestStatsCollector(t *testing.T) {
 		return chat.Stats{
 			Connections: 3, Rooms: 2, ConnectionsAccepted: 10, ConnectionsRefused: 9,
 			MessagesPublished: 20, Deliveries: 30,
-			Dropped:     chat.Drops{SlowClients: 1, RateLimited: 4, BadFrames: 5, Unavailable: 6},
+			Dropped:     chat.Drops{SlowClients: 1, RateLimited: 4, BadFrames: 5, Unavailable: 6, Forbidden: 12},
 			RedisErrors: 7, SubscriptionReconnects: 8, GapFills: 11,
 		}
 	})
@@ -156,6 +157,7 @@ chat_deliveries_total 30
 # HELP chat_dropped_total Frames and connections the chat server refused or gave up on, by reason.
 # TYPE chat_dropped_total counter
 chat_dropped_total{reason="bad_frame"} 5
+chat_dropped_total{reason="forbidden"} 12
 chat_dropped_total{reason="rate_limited"} 4
 chat_dropped_total{reason="slow_client"} 1
 chat_dropped_total{reason="unavailable"} 6
@@ -181,7 +183,7 @@ chat_subscription_reconnects_total 8
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
-	if n := testutil.CollectAndCount(c); n != 14 {
-		t.Errorf("%d samples, want 14", n)
+	if n := testutil.CollectAndCount(c); n != 15 {
+		t.Errorf("%d samples, want 15", n)
 	}
 }
