@@ -62,7 +62,8 @@
  *            before any live message, as ordinary "message" events with replay: true, so a page
  *            that renders "message" events shows them without doing anything else (do not
  *            render both).
- *   left     {room}: the room was left (once per leave() call).
+ *   left     {room, reason?}: the room was left (once per leave() call), or the server took
+ *            the user out of it (reason "kicked": the room is forgotten, not rejoined).
  *   message  {type, room, id, user, text, ts, instance, seq?, ref?, replay?}: a chat message as
  *            relayed by the server; ts is Unix milliseconds at the origin, instance the server
  *            instance that took it from its sender, seq its number in the room (1, 2, 3, … in an
@@ -375,6 +376,13 @@ export class ChatClient extends EventTarget {
         this.#joined.delete(f.room);
         const owed = this.#leaving.get(f.room);
         this.#leaving.delete(f.room);
+        if (typeof f.reason === "string") {
+          // The server took us out (kicked): do not rejoin on a reconnect.
+          this.#rooms.delete(f.room);
+          this.#pos.delete(f.room);
+          this.#emit("left", { room: f.room, reason: f.reason });
+          return;
+        }
         if (owed) this.#emit("left", { room: f.room });
         return;
       }

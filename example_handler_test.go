@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chatrelay/chat"
+	"golang.org/x/net/websocket"
 )
 
 // A server-side announcement goes through Redis like a client's message:
@@ -167,4 +168,27 @@ func ExampleHandler_History() {
 	// Output:
 	// 2 bot second
 	// 3 bot third
+}
+
+// A moderator takes a user out of a room on every instance.
+func ExampleHandler_Kick() {
+	mr, pub, sub := redisPair()
+	defer mr.Close()
+	h := chat.New(pub, sub)
+	defer h.Shutdown(context.Background())
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	mallory := dial(srv, "?room=lobby&user=mallory")
+	defer mallory.Close()
+
+	if err := h.Kick(context.Background(), "lobby", "mallory"); err != nil {
+		log.Fatal(err)
+	}
+	var left struct{ Type, Room, Reason string }
+	if err := websocket.JSON.Receive(mallory, &left); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(left.Type, left.Room, left.Reason)
+	// Output:
+	// left lobby kicked
 }

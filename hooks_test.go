@@ -133,3 +133,44 @@ func TestOnMessage(t *testing.T) {
 		t.Fatalf("alice: %v", m)
 	}
 }
+
+// Kick takes a user out of a room on every instance: each of the user's
+// clients gets left with reason kicked and nothing the room says after
+// that; the others stay, and the user's other rooms are untouched.
+func TestKick(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, be *backend) {
+		a, b := newInstance(t, be), newInstance(t, be)
+		m1 := a.connect(t, "user=mallory&room=k&room=other")
+		m2 := b.connect(t, "user=mallory&room=k")
+		alice := b.connect(t, "user=alice&room=k")
+
+		must(t, a.h.Kick(context.Background(), "k", "mallory"))
+		for i, c := range []*wstest.Conn{m1, m2} {
+			if f := c.Next(t, "left", wait); f["room"] != "k" || f["reason"] != "kicked" {
+				t.Fatalf("mallory's client %d: %v, want left k kicked", i, f)
+			}
+		}
+		must(t, alice.SendJSON(msgFrame("k", "after the kick", "")))
+		if m := alice.Next(t, "message", wait); m["text"] != "after the kick" {
+			t.Fatalf("alice: %v", m)
+		}
+		must(t, m1.SendJSON(msgFrame("other", "still in other", "")))
+		if m := m1.Next(t, "message", wait); m["text"] != "still in other" {
+			t.Fatalf("mallory in another room: %v", m)
+		}
+		for i, c := range []*wstest.Conn{m1, m2} {
+			for _, f := range c.Skipped {
+				if f["text"] == "after the kick" {
+					t.Errorf("mallory's client %d got %v after the kick", i, f)
+				}
+			}
+		}
+		must(t, m2.SendJSON(msgFrame("k", "let me in", "x")))
+		if e := m2.Next(t, "error", wait); e["code"] != codeNotJoined {
+			t.Errorf("kicked client sends to the room: %v, want not_joined", e)
+		}
+		if err := a.h.Kick(context.Background(), "bad room", "x"); !errors.Is(err, ErrInvalidRoom) {
+			t.Errorf("Kick of a bad room = %v, want ErrInvalidRoom", err)
+		}
+	})
+}

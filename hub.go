@@ -323,6 +323,38 @@ func (h *hub) failJoin(c *client, name string, err error) (emptied bool) {
 	return h.forgetIfEmptyLocked(name, r)
 }
 
+// kick takes every local client of user out of name, telling each so, and
+// reports whether that left the room empty.
+func (h *hub) kick(name, user string) (emptied bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.rooms[name]
+	if r == nil {
+		return false
+	}
+	var out []*client
+	for _, c := range r.members {
+		if c.user == user {
+			out = append(out, c)
+		}
+	}
+	for c := range r.catching {
+		if c.user == user {
+			out = append(out, c)
+		}
+	}
+	for c := range r.waiting {
+		if c.user == user {
+			out = append(out, c)
+		}
+	}
+	for _, c := range out {
+		emptied = h.removeLocked(c, name)
+		c.send(kickedFrame(name))
+	}
+	return emptied
+}
+
 // wouldAdd reports whether a join of name would add c to it: c is not in
 // it yet and is in fewer than maxRooms rooms.
 func (h *hub) wouldAdd(c *client, name string) bool {

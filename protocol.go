@@ -251,6 +251,27 @@ func leftFrame(room string) []byte {
 	return append(b, '}')
 }
 
+// kickedFrame tells a client the server took it out of room.
+func kickedFrame(room string) []byte {
+	b := append(make([]byte, 0, 48+len(room)), `{"type":"left","room":`...)
+	b = appendJSONString(b, room)
+	return append(b, `,"reason":"kicked"}`...)
+}
+
+// kickPrefix starts the control message that Kick publishes on a room's
+// channel: {"type":"kick","room":"r","user":"u"}. Instances act on it and
+// relay it to nobody.
+const kickPrefix = `{"type":"kick",`
+
+func kickPayload(room, user string) []byte {
+	b := append(make([]byte, 0, 48+len(room)+len(user)), kickPrefix...)
+	b = append(b, `"room":`...)
+	b = appendJSONString(b, room)
+	b = append(b, `,"user":`...)
+	b = appendJSONString(b, user)
+	return append(b, '}')
+}
+
 func errorFrame(code, msg, ref string) []byte {
 	b := append(make([]byte, 0, 64+len(msg)+len(ref)), `{"type":"error","code":`...)
 	b = appendJSONString(b, code)

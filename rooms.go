@@ -1,8 +1,11 @@
 package chat
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 )
@@ -150,7 +153,42 @@ func (h *Handler) expireJoins(ctx context.Context) {
 // The Handler's side of subscriptionEvents.
 
 func (h *Handler) roomMessage(room string, payload []byte) {
+	if bytes.HasPrefix(payload, []byte(kickPrefix)) {
+		h.kicked(room, payload)
+		return
+	}
 	h.stats.deliveries.Add(uint64(h.hub.deliver(room, payload)))
+}
+
+// Kick takes user out of room on every instance, through Redis: each of the
+// user's clients in the room gets {"type":"left","room":…,"reason":"kicked"}
+// and no more of the room's messages. Whether the user may join again is
+// WithAuthorize's decision. The kick travels on the room's channel, in
+// order with its messages, so nothing published after it reaches the user.
+func (h *Handler) Kick(ctx context.Context, room, user string) error {
+	switch {
+	case !validRoom(room):
+		return ErrInvalidRoom
+	case !validUser(user):
+		return ErrInvalidUser
+	}
+	if err := h.activity.redis.Publish(ctx, h.activity.keys.channel(room), kickPayload(room, user)).Err(); err != nil {
+		return fmt.Errorf("%w: kick %s from %s: %v", ErrUnavailable, user, room, err)
+	}
+	return nil
+}
+
+// kicked acts on a kick that came through the room's channel.
+func (h *Handler) kicked(room string, payload []byte) {
+	var k struct{ Room, User string }
+	if json.Unmarshal(payload, &k) != nil || k.Room != room {
+		return
+	}
+	h.roomsMu.Lock()
+	defer h.roomsMu.Unlock()
+	if h.hub.kick(room, k.User) {
+		h.sub.release(room)
+	}
 }
 
 func (h *Handler) roomSubscribed(room string, resumed bool) {

@@ -2,7 +2,8 @@
 // TestChatJSClient with node: URLs, joins and leaves (also while connecting
 // or down), dedup by id, failed joins, resumed, backoff, which close codes
 // end the client, and (at the end) history and recovery: the position kept
-// per room, since on rejoin, duplicates dropped by seq, recovered reported.
+// per room, since on rejoin, duplicates dropped by seq, recovered reported;
+// and a kick.
 // The Go test copies chat.js next to this file as chat.mjs.
 import assert from "node:assert/strict";
 const sockets = [];
@@ -247,4 +248,20 @@ assert.equal(nhs2.url, "ws://example.test:8080/chat");
 nhs2._open();
 assert.deepEqual(nhs2.sent, [{ type: "join", room: "a", ref: nhs2.sent[0].ref, since: { epoch: "E", seq: 9 } }]);
 nh.close();
+// Kicked: the server's left with a reason; the room is forgotten and not
+// rejoined after a reconnect.
+const k = new ChatClient("/chat", { rooms: ["k", "stay"], minDelay: 1, maxDelay: 2 });
+const kev = [];
+k.addEventListener("left", (e) => kev.push(e.detail));
+const ks = sockets.at(-1);
+ks._open();
+ks._recv({ type: "joined", room: "k", epoch: "E", seq: 1 });
+ks._recv({ type: "joined", room: "stay", epoch: "E", seq: 1 });
+ks._recv({ type: "left", room: "k", reason: "kicked" });
+assert.deepEqual(kev, [{ room: "k", reason: "kicked" }]);
+assert.deepEqual(k.rooms, ["stay"]);
+const ks2 = await reconnected(ks);
+ks2._open();
+assert.deepEqual(ks2.sent.map(f => f.room), ["stay"]);
+k.close();
 console.log("all ok");
