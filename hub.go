@@ -60,8 +60,9 @@ func (r *room) sendJoined(frame []byte) {
 	}
 }
 
-// relay queues a message frame for every member, and for every client told
-// "joined" whose gate lets it through (see gate).
+// relay queues a message frame held by a refill for every member, and
+// hands it to every client catching up, whose gate keeps it or lets it
+// through (see gate).
 func (r *room) relay(frame []byte) {
 	for _, c := range r.members {
 		c.send(frame)
@@ -71,11 +72,7 @@ func (r *room) relay(frame []byte) {
 	}
 	seq := seqOf(frame)
 	for c, cu := range r.catching {
-		cu.mu.Lock()
-		if cu.open {
-			cu.pass(frame, seq, c.send)
-		}
-		cu.mu.Unlock()
+		cu.take(frame, seq, c.h.cfg.sendQueue, c.send)
 	}
 }
 
@@ -211,8 +208,14 @@ func (h *hub) join(c *client, name, ref string, want joinWant) (created, catchin
 		}
 		r := h.rooms[name]
 		h.removeMemberLocked(r, c)
-		r.catching[c] = &catchUp{ref: ref, want: want}
+		delete(r.catching, c)
 		c.rooms[name] = false
+		if !r.subscribed { // lost meanwhile: wait for the confirmation again
+			r.waiting[c] = waiter{ref: ref, since: time.Now(), want: want}
+			h.waiters++
+			return false, false
+		}
+		r.catching[c] = &catchUp{ref: ref, want: want}
 		return false, true
 	}
 	if len(c.rooms) >= h.maxRooms {
