@@ -22,22 +22,6 @@ import (
 // subscriber reports (subscriptionEvents, below) with none of its locks
 // held; the relay of a message takes hub.mu only.
 
-// joinsPerMinute is how fast a connection may join rooms once it has used
-// its first WithMaxRooms joins. Each join can make Redis hold a room key
-// for the room TTL, so this bounds what one connection makes Redis hold:
-// at most maxRooms + joinsPerMinute × TTL-in-minutes keys (92 with the
-// defaults), however it churns through room names.
-const joinsPerMinute = 12
-
-// newJoinLimiter is a connection's join budget: bursts of maxRooms, then
-// joinsPerMinute; unlimited when the rate limit is off.
-func newJoinLimiter(cfg *config) rateLimiter {
-	if cfg.ratePerSec <= 0 {
-		return newRateLimiter(0, 1)
-	}
-	return newRateLimiter(joinsPerMinute/60.0, cfg.maxRooms)
-}
-
 // join puts c in room with what want asks for; the client hears "joined"
 // once Redis has confirmed the room's subscription and its read of the
 // room's position is done. Called on c's reader goroutine.
