@@ -72,6 +72,11 @@ type Handler struct {
 	activity *roomActivity
 	stats    counters
 
+	// The publishing client and the key space, for the Handler's own reads
+	// and writes: a join's read, History, Kick.
+	redis redis.UniversalClient
+	keys  keyspace
+
 	// roomsMu makes each change of the hub's rooms and the matching update
 	// of the subscriber one step (rooms.go).
 	roomsMu sync.Mutex
@@ -116,6 +121,7 @@ func New(pub, sub redis.UniversalClient, opts ...Option) *Handler {
 	}
 	h.log = logger.With("instance", h.id)
 	keys := keyspace(cfg.keyPrefix)
+	h.redis, h.keys = pub, keys
 	h.activity = &roomActivity{redis: pub, keys: keys, ttl: cfg.roomTTL}
 	h.hub = newHub(cfg.maxRooms)
 	h.pub = newPublisher(pub, keys, h.id, &h.cfg, h.log, &h.stats)

@@ -146,7 +146,7 @@ func (h *Handler) History(ctx context.Context, room string, n int) ([]Message, e
 	if n <= 0 {
 		return nil, nil
 	}
-	entries, err := h.activity.redis.XRevRangeN(ctx, h.activity.keys.histKey(room), "+", "-", int64(n)).Result()
+	entries, err := h.redis.XRevRangeN(ctx, h.keys.histKey(room), "+", "-", int64(n)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("%w: history of %s: %v", ErrUnavailable, room, err)
 	}

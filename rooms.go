@@ -18,7 +18,7 @@ import (
 //
 // Lock order: Handler.roomsMu, then hub.mu or subscriber.mu (never both:
 // the hub and the subscriber do not call each other), then a room's gates
-// (its refill before a client's catch-up, hub.go), then client.mu. The
+// (its refill's before a client's catch-up, catchup.go), then client.mu. The
 // subscriber reports (subscriptionEvents, below) with none of its locks
 // held; the relay of a message takes hub.mu only.
 
@@ -48,10 +48,9 @@ func (h *Handler) join(c *client, room, ref string, want joinWant) {
 // startReads reads Redis for each join of room that is catching up, and
 // for the room's members after a lost subscription (gap fill), each on a
 // goroutine of its own, counted with the connections: a client in the hub
-// has a reader alive. A read that Redis does
-// not answer within the publish timeout fails its join at that moment,
-// whatever timeouts the client was built with (go-redis bounds a command by
-// those, not by a context).
+// has a reader alive. A read that Redis does not answer within the publish
+// timeout fails at that moment, whatever timeouts the client was built
+// with (go-redis bounds a command by those, not by a context).
 func (h *Handler) startReads(room string, reads []pendingRead) {
 	for _, pr := range reads {
 		fail := func(err error) { h.abandonJoin(pr.c, room, err) }
@@ -69,7 +68,7 @@ func (h *Handler) startReads(room string, reads []pendingRead) {
 			expire := time.AfterFunc(h.cfg.publishTimeout, func() { fail(errReadTimeout) })
 			ctx, cancel := context.WithTimeout(context.Background(), h.cfg.publishTimeout)
 			defer cancel()
-			read, err := readForJoin(ctx, h.activity.redis, h.activity.keys, h.cfg.roomTTL, room, pr.want)
+			read, err := readForJoin(ctx, h.redis, h.keys, h.cfg.roomTTL, room, pr.want)
 			if !expire.Stop() {
 				return // answered already
 			}
@@ -156,7 +155,7 @@ func (h *Handler) Kick(ctx context.Context, room, user string) error {
 	case !validUser(user):
 		return ErrInvalidUser
 	}
-	if err := h.activity.redis.Publish(ctx, h.activity.keys.channel(room), kickPayload(room, user)).Err(); err != nil {
+	if err := h.redis.Publish(ctx, h.keys.channel(room), kickPayload(room, user)).Err(); err != nil {
 		return fmt.Errorf("%w: kick %s from %s: %v", ErrUnavailable, user, room, err)
 	}
 	return nil
