@@ -285,3 +285,26 @@ func TestJoinBadHistoryOrSince(t *testing.T) {
 		t.Errorf("?history=lots: close %d %q, want 1008 naming history", code, bad.CloseReason)
 	}
 }
+
+// seqOf reads the seq the publish script spliced in, and nothing else,
+// without allocating: it runs once per relayed message.
+func TestSeqOf(t *testing.T) {
+	for frame, want := range map[string]int64{
+		`{"type":"message","text":"x","seq":42}`:          42,
+		`{"type":"message","text":",\"seq\":7}","seq":1}`: 1,
+		`{"type":"message","text":"no seq"}`:              0,
+		`{"type":"message","seq":}`:                       0,
+		`{"type":"message","seq":-3}`:                     0,
+		`{"type":"message","seq":1e3}`:                    0,
+		`,"seq":9}`:                                       9,
+		``:                                                0,
+	} {
+		if got := seqOf([]byte(frame)); got != want {
+			t.Errorf("seqOf(%s) = %d, want %d", frame, got, want)
+		}
+	}
+	frame := []byte(`{"type":"message","room":"r","text":"hi","seq":123456}`)
+	if allocs := testing.AllocsPerRun(100, func() { seqOf(frame) }); allocs != 0 {
+		t.Errorf("seqOf allocates %v times per call", allocs)
+	}
+}
