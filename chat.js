@@ -17,6 +17,8 @@
  *     console.log(`[${m.room}] ${m.user}: ${m.text} (via ${m.instance})`);
  *   });
  *   c.addEventListener("error", (e) => console.warn(e.detail.code, e.detail.message));
+ *   c.addEventListener("user_joined", (e) => console.log(`${e.detail.user} joined ${e.detail.room}`));
+ *   const users = await c.presence("lobby"); // after "joined": ["alice", "bob"]
  *   // "closed": the server ended the connection for good, e.detail.message says why.
  *   c.join("random");
  *   const ref = c.send("lobby", "hello"); // ref comes back in the relayed message or in an error
@@ -64,6 +66,12 @@
  *            render both).
  *   left     {room, reason?}: the room was left (once per leave() call), or the server took
  *            the user out of it (reason "kicked": the room is forgotten, not rejoined).
+ *   user_joined  {room, user}: a user got a first connection in a joined room (on any server
+ *            instance).
+ *   user_left    {room, user}: a user's last connection in the room went, or its server
+ *            instance died (announced within about a minute). Both come in order with the
+ *            room's messages, only for rooms in rooms, and not for what happened while the
+ *            connection was down: call presence() after each "joined" for the full list.
  *   message  {type, room, id, user, text, ts, instance, seq?, ref?, replay?}: a chat message as
  *            relayed by the server; ts is Unix milliseconds at the origin, instance the server
  *            instance that took it from its sender, seq its number in the room (1, 2, 3, … in an
@@ -92,6 +100,12 @@
  *   leave(room)              Leave a room.
  *   send(room, text, ref?)   Send a message to a joined room; returns the ref, an automatic
  *                            "c1", "c2", … when none is given.
+ *   presence(room)           Ask who is in a joined room: a Promise of the user names (every
+ *                            user with a connection in the room on any instance, each once).
+ *                            It rejects with an Error whose code is the server's (not_joined,
+ *                            unavailable, …) or not_connected (the connection was down, or
+ *                            closed before the answer); err.ref and err.room are set. A failed
+ *                            presence() raises no "error" event: the rejection is the report.
  *   close()                  Close for good: no reconnect.
  *
  * Recovery: the client remembers each room's position, the epoch and seq of the last message
@@ -148,6 +162,10 @@ function checkUser(user) {
   return user;
 }
 
+function presenceError(code, message, ref, room) {
+  return Object.assign(new Error(`presence ${room}: ${code}: ${message}`), { code, ref, room });
+}
+
 function checkRoom(room) {
   if (typeof room !== "string" || !ROOM_RE.test(room)) {
     throw new TypeError(`ChatClient: invalid room name ${JSON.stringify(room)} (1-64 characters of A-Z a-z 0-9 . _ -)`);
@@ -168,6 +186,7 @@ export class ChatClient extends EventTarget {
   #resume = new Set(); // rooms confirmed on an earlier socket, not yet again
   #urlRooms = new Set(); // rooms passed as ?room= on the current socket
   #joinRefs = new Map(); // ref of a join frame → {room, rejoin}
+  #presenceRefs = new Map(); // ref of a presence frame → {room, resolve, reject}
   #leaving = new Map(); // room → whether its "left" event is still owed
   #history = 0; // latest messages to ask for on a room's first join
   #pos = new Map(); // room → {epoch, seq}: the position of the last message delivered
@@ -236,6 +255,17 @@ export class ChatClient extends EventTarget {
     return ref;
   }
 
+  presence(room) {
+    const ref = `p${++this.#refSeq}`;
+    return new Promise((resolve, reject) => {
+      if (!this.#sendFrame({ type: "presence", room, ref })) {
+        reject(presenceError("not_connected", "not connected: presence was not asked", ref, room));
+        return;
+      }
+      this.#presenceRefs.set(ref, { room, resolve, reject });
+    });
+  }
+
   close() {
     if (this.#closing) return;
     this.#closing = true;
@@ -243,7 +273,18 @@ export class ChatClient extends EventTarget {
     this.#timer = 0;
     if (typeof removeEventListener === "function") removeEventListener("online", this.#onOnline);
     if (this.#ws) this.#ws.close(1000, "client closed");
+    this.#failPresence();
     this.#setState("closed");
+  }
+
+  // #failPresence rejects the presence() calls still waiting for an answer:
+  // the connection they were asked on is gone.
+  #failPresence() {
+    const pending = [...this.#presenceRefs];
+    this.#presenceRefs.clear();
+    for (const [ref, p] of pending) {
+      p.reject(presenceError("not_connected", "the connection closed before the presence answer", ref, p.room));
+    }
   }
 
   #isOpen() {
@@ -398,7 +439,26 @@ export class ChatClient extends EventTarget {
         this.#emit("message", f);
         return;
       }
+      case "presence": {
+        const p = this.#presenceRefs.get(f.ref);
+        if (p === undefined) return;
+        this.#presenceRefs.delete(f.ref);
+        p.resolve(Array.isArray(f.users) ? f.users.filter((u) => typeof u === "string") : []);
+        return;
+      }
+      case "user_joined":
+      case "user_left": {
+        // Not for a room being left (or kicked from): its list is gone.
+        if (typeof f.user === "string" && this.#rooms.has(f.room)) this.#emit(f.type, { room: f.room, user: f.user });
+        return;
+      }
       case "error": {
+        const p = f.ref !== undefined ? this.#presenceRefs.get(f.ref) : undefined;
+        if (p !== undefined) {
+          this.#presenceRefs.delete(f.ref);
+          p.reject(presenceError(f.code, f.message, f.ref, p.room));
+          return;
+        }
         const detail = { code: f.code, message: f.message };
         if (f.ref !== undefined) detail.ref = f.ref;
         if (f.room !== undefined) detail.room = f.room;
@@ -436,6 +496,7 @@ export class ChatClient extends EventTarget {
     for (const r of this.#joined) if (this.#rooms.has(r)) this.#resume.add(r);
     this.#joined.clear();
     this.#joinRefs.clear();
+    this.#failPresence();
     const owed = [...this.#leaving].filter(([, o]) => o).map(([r]) => r);
     this.#leaving.clear();
     for (const room of owed) this.#emit("left", { room });

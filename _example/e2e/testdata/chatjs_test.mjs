@@ -3,7 +3,7 @@
 // or down), dedup by id, failed joins, resumed, backoff, which close codes
 // end the client, and (at the end) history and recovery: the position kept
 // per room, since on rejoin, duplicates dropped by seq, recovered reported;
-// and a kick.
+// a kick; and presence (presence(), user_joined, user_left).
 // The Go test copies chat.js next to this file as chat.mjs.
 import assert from "node:assert/strict";
 const sockets = [];
@@ -264,4 +264,50 @@ const ks2 = await reconnected(ks);
 ks2._open();
 assert.deepEqual(ks2.sent.map(f => f.room), ["stay"]);
 k.close();
+
+// Presence: presence(room) sends a presence frame with a ref and resolves
+// with the users of the reply with that ref; an error frame with its ref
+// rejects it (without an "error" event), and so does a connection that
+// closes before the answer, or none at all. user_joined and user_left come
+// as events with {room, user}.
+const p = new ChatClient("/chat", { user: "alice", rooms: ["pr"], minDelay: 1, maxDelay: 2 });
+const pev = [];
+for (const t of ["user_joined", "user_left", "error"]) p.addEventListener(t, (e) => pev.push([t, e.detail]));
+await assert.rejects(p.presence("pr"), (err) => err.code === "not_connected" && err.room === "pr" && typeof err.ref === "string");
+let ps = sockets.at(-1);
+ps._open();
+ps._recv({ type: "joined", room: "pr", epoch: "E", seq: 0 });
+const pr1 = p.presence("pr");
+const pr2 = p.presence("pr");
+const [q1, q2] = ps.sent.slice(-2);
+assert.deepEqual(q1, { type: "presence", room: "pr", ref: q1.ref });
+assert.deepEqual(q2, { type: "presence", room: "pr", ref: q2.ref });
+assert.notEqual(q1.ref, q2.ref);
+ps._recv({ type: "presence", room: "pr", users: ["alice", "carol"], ref: "unknown" }); // not ours: ignored
+ps._recv({ type: "presence", room: "pr", users: ["alice", "bob"], ref: q2.ref });
+ps._recv({ type: "presence", room: "pr", users: ["alice"], ref: q1.ref });
+assert.deepEqual(await pr1, ["alice"]);
+assert.deepEqual(await pr2, ["alice", "bob"]);
+const pr3 = p.presence("nope");
+const q3 = ps.sent.at(-1);
+ps._recv({ type: "error", code: "not_joined", message: "not in nope", ref: q3.ref });
+await assert.rejects(pr3, (err) => err.code === "not_joined" && err.ref === q3.ref && err.room === "nope" && err instanceof Error);
+assert.deepEqual(pev, [], "a failed presence() is reported by its rejection only");
+// A reply with the same ref after the rejection changes nothing.
+ps._recv({ type: "presence", room: "nope", users: ["x"], ref: q3.ref });
+ps._recv({ type: "user_joined", room: "pr", user: "bob" });
+ps._recv(msg("pr", 1));
+ps._recv({ type: "user_left", room: "pr", user: "bob" });
+ps._recv({ type: "user_left", room: "elsewhere", user: "zed" }); // not a room of ours
+assert.deepEqual(pev, [["user_joined", { room: "pr", user: "bob" }], ["user_left", { room: "pr", user: "bob" }]]);
+// The connection drops before the answer: rejected, and the reply of the
+// old connection's ref never comes.
+const pr4 = assert.rejects(p.presence("pr"), (err) => err.code === "not_connected" && err.room === "pr");
+ps = await reconnected(ps);
+await pr4;
+ps._open();
+ps._recv({ type: "joined", room: "pr", epoch: "E", seq: 1, recovered: true });
+const pr5 = p.presence("pr");
+p.close();
+await assert.rejects(pr5, (err) => err.code === "not_connected");
 console.log("all ok");
