@@ -10,7 +10,7 @@ const myInstance = document.body.dataset.instance;
 
 let client = null;
 let active = null; // the room the composer sends to
-const rooms = new Map(); // room → {tab, panel, list, unread, count, ids, countReplay}
+const rooms = new Map(); // room → {tab, panel, list, unread, count, ids, countReplay, members, users, pending}
 
 function el(tag, props = {}, ...children) {
   const e = document.createElement(tag);
@@ -47,13 +47,20 @@ function addRoom(room) {
     el("button", { type: "button", class: "tab-leave", "data-testid": "leave", "aria-label": `Leave ${room}`, title: `Leave ${room}`, onclick: () => leave(room) }, "×"));
   const list = el("ol", { class: "messages", "data-testid": "messages" });
   const panel = el("section", { class: "panel", role: "tabpanel", "data-testid": "panel", "data-room": room, "aria-label": `#${room}`, hidden: "" }, list);
+  const memberList = el("ul", { class: "member-list", "data-testid": "member-list" });
+  const members = el("section", { class: "members", "data-testid": "members", "data-room": room, "data-stale": "true", "aria-label": `Members of #${room}`, hidden: "" },
+    el("h2", { text: "Members" }), memberList);
   $("tabs").append(tab);
   $("panels").append(panel);
+  $("members").append(members);
   // ids: the messages shown, so that a new connection (a new name) that
   // asks for the history again shows none twice. countReplay: whether the
   // messages that come with the room's latest "joined" count as unread
   // (missed during a reconnect) or not (history).
-  r = { tab, panel, list, unread, count: 0, ids: new Set(), countReplay: false };
+  // users: the room's members as last known; pending: the user_joined and
+  // user_left events that came while a presence() answer was on its way,
+  // applied again on top of it (see fillMembers).
+  r = { tab, panel, list, unread, count: 0, ids: new Set(), countReplay: false, members, memberList, users: new Set(), pending: null };
   rooms.set(room, r);
   $("empty").hidden = true;
   if (!active) select(room);
@@ -66,6 +73,7 @@ function removeRoom(room) {
   if (!r) return;
   r.tab.remove();
   r.panel.remove();
+  r.members.remove();
   rooms.delete(room);
   if (active === room) {
     active = null;
@@ -83,6 +91,7 @@ function select(room) {
     const on = name === room;
     r.tab.setAttribute("aria-selected", String(on));
     r.panel.hidden = !on;
+    r.members.hidden = !on;
     if (on) {
       r.count = 0;
       r.unread.textContent = "";
@@ -105,6 +114,52 @@ function append(room, item, unread = false) {
 
 function systemLine(room, text, warn = false) {
   append(room, el("li", { class: warn ? "system warn" : "system", "data-testid": "system" }, text));
+}
+
+// ---- members: who is in each room, on any instance ----
+
+function renderMembers(r) {
+  const items = [...r.users].sort((a, b) => a.localeCompare(b)).map((u) =>
+    el("li", { class: u === client.user ? "member me" : "member", "data-testid": "member", "data-user": u, text: u }));
+  r.memberList.replaceChildren(...items);
+}
+
+// fillMembers asks for the room's members after each "joined" (the events
+// of what happened while the connection was down never come). The events
+// that arrive while the answer is on its way are applied on top of it:
+// each one is at least as recent as the answer.
+function fillMembers(c, room) {
+  const r = rooms.get(room);
+  if (!r) return;
+  const pending = [];
+  r.pending = pending;
+  c.presence(room).then((users) => {
+    if (c !== client || rooms.get(room) !== r || r.pending !== pending) return;
+    r.pending = null;
+    r.users = new Set(users);
+    for (const [type, user] of pending) memberEvent(r, type, user);
+    r.members.dataset.stale = "false";
+    renderMembers(r);
+  }, (err) => {
+    if (r.pending === pending) r.pending = null;
+    // Gone before the answer (a reconnect asks again, a left room needs none).
+    if (c !== client || err.code === "not_connected" || err.code === "not_joined") return;
+    showError(`${err.code}: members of #${room}: ${err.message}`);
+  });
+}
+
+function memberEvent(r, type, user) {
+  if (type === "user_joined") r.users.add(user);
+  else r.users.delete(user);
+}
+
+function onMemberEvent(type, { room, user }) {
+  const r = rooms.get(room);
+  if (!r) return;
+  r.pending?.push([type, user]);
+  memberEvent(r, type, user);
+  renderMembers(r);
+  if (user !== client.user) systemLine(room, `${user} ${type === "user_joined" ? "joined" : "left"}`);
 }
 
 // ---- the connection ----
@@ -140,7 +195,10 @@ function connect(name) {
     if (!recovered) systemLine(room, "Reconnected: messages sent while the connection was down may be missing.", true);
     else if (!resumed) systemLine(room, `Joined #${room} as ${name}.${earlier ? ` The last ${earlier === 1 ? "message" : `${earlier} messages`}:` : ""}`);
     updateComposer();
+    fillMembers(c, room);
   });
+  on("user_joined", (d) => onMemberEvent("user_joined", d));
+  on("user_left", (d) => onMemberEvent("user_left", d));
   on("left", ({ room }) => removeRoom(room));
   on("message", showMessage);
   on("error", (err) => {
@@ -160,7 +218,12 @@ function showState(state, text) {
     reconnecting: "reconnecting…",
     closed: "disconnected",
   }[state];
-  if (state !== "open") for (const r of rooms.values()) r.tab.dataset.joined = "false";
+  if (state !== "open") {
+    for (const r of rooms.values()) {
+      r.tab.dataset.joined = "false";
+      r.members.dataset.stale = "true"; // until the rejoin's presence() answers
+    }
+  }
   updateComposer();
 }
 
