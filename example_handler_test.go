@@ -185,8 +185,10 @@ func ExampleHandler_Kick() {
 		log.Fatal(err)
 	}
 	var left struct{ Type, Room, Reason string }
-	if err := websocket.JSON.Receive(mallory, &left); err != nil {
-		log.Fatal(err)
+	for left.Type != "left" { // past presence notices
+		if err := websocket.JSON.Receive(mallory, &left); err != nil {
+			log.Fatal(err)
+		}
 	}
 	fmt.Println(left.Type, left.Room, left.Reason)
 	// Output:
