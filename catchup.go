@@ -106,6 +106,7 @@ func (h *hub) finishJoin(c *client, name string, read joinRead) {
 	if cu.overflow {
 		delete(r.catching, c)
 		delete(c.rooms, name)
+		h.departedLocked(r, name, c)
 		c.sendError(codeUnavailable, "cannot join "+name+": too many messages came while its history was read; try again", cu.ref)
 		return
 	}
@@ -127,6 +128,7 @@ func (h *hub) failJoin(c *client, name string, err error) (emptied bool) {
 	cu := r.catching[c]
 	delete(r.catching, c)
 	delete(c.rooms, name)
+	h.departedLocked(r, name, c)
 	c.sendError(codeUnavailable, "cannot join "+name+": "+err.Error(), cu.ref)
 	return h.forgetIfEmptyLocked(name, r)
 }

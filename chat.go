@@ -70,6 +70,7 @@ type Handler struct {
 	pub      *publisher
 	sub      *subscriber
 	activity *roomActivity
+	presence *presence
 	stats    counters
 
 	// The publishing client and the key space, for the Handler's own reads
@@ -124,6 +125,13 @@ func New(pub, sub redis.UniversalClient, opts ...Option) *Handler {
 	h.redis, h.keys = pub, keys
 	h.activity = &roomActivity{redis: pub, keys: keys, ttl: cfg.roomTTL}
 	h.hub = newHub(cfg.maxRooms)
+	h.presence = &presence{
+		redis: pub, keys: keys, instance: h.id, ttl: cfg.presenceTTL, timeout: cfg.publishTimeout,
+		log: h.log, local: h.hub.localUsers, wake: make(chan struct{}, 1),
+	}
+	h.hub.presence = func(room, user string, here bool) {
+		h.presence.enqueue(presenceOp{room: room, user: user, joined: here})
+	}
 	h.pub = newPublisher(pub, keys, h.id, &h.cfg, h.log, &h.stats)
 	h.sub = newSubscriber(sub, keys, h.activity, h, &h.cfg, h.log, &h.stats)
 
@@ -134,6 +142,7 @@ func New(pub, sub redis.UniversalClient, opts ...Option) *Handler {
 	h.loops.Go(func() { h.pingLoop(ctx) })
 	h.loops.Go(func() { h.expireJoins(ctx) })
 	h.loops.Go(func() { h.activity.refreshLoop(ctx, h.hub.roomNames, h.log) })
+	h.loops.Go(func() { h.presence.run(ctx) })
 	h.log.Info("chat instance started", "key_prefix", cfg.keyPrefix, "room_ttl", cfg.roomTTL)
 	return h
 }

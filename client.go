@@ -115,6 +115,12 @@ func (c *client) handle(ctx context.Context, data []byte, refused bool) {
 		c.h.join(c, f.Room, f.Ref, want)
 	case typeLeave:
 		c.h.leave(c, f.Room, f.Ref)
+	case typePresence:
+		if !c.h.hub.isJoined(c, f.Room) {
+			c.sendError(codeNotJoined, "join "+f.Room+" before asking who is there", f.Ref)
+			return
+		}
+		c.h.answerPresence(c, f.Room, f.Ref)
 	case typeMessage:
 		if len(f.Text) > c.h.cfg.maxText {
 			c.sendError(codeTooLarge, "text longer than "+strconv.Itoa(c.h.cfg.maxText)+" bytes", f.Ref)

@@ -185,10 +185,40 @@ func ExampleHandler_Kick() {
 		log.Fatal(err)
 	}
 	var left struct{ Type, Room, Reason string }
-	if err := websocket.JSON.Receive(mallory, &left); err != nil {
-		log.Fatal(err)
+	for left.Type != "left" { // past presence notices
+		if err := websocket.JSON.Receive(mallory, &left); err != nil {
+			log.Fatal(err)
+		}
 	}
 	fmt.Println(left.Type, left.Room, left.Reason)
 	// Output:
 	// left lobby kicked
+}
+
+// Who is in a room, on any instance, each user once however many
+// connections it has.
+func ExampleHandler_Presence() {
+	mr, pub, sub := redisPair()
+	defer mr.Close()
+	h := chat.New(pub, sub)
+	defer h.Shutdown(context.Background())
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	for _, user := range []string{"bob", "alice", "alice"} {
+		ws := dial(srv, "?room=lobby&user="+user)
+		defer ws.Close()
+	}
+
+	ctx := context.Background()
+	var users []string
+	for len(users) < 2 { // presence is recorded just after the joins
+		var err error
+		if users, err = h.Presence(ctx, "lobby"); err != nil {
+			log.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fmt.Println(users)
+	// Output:
+	// [alice bob]
 }

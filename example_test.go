@@ -60,9 +60,14 @@ func Example() {
 
 	websocket.JSON.Send(alice, map[string]string{"type": "message", "room": "lobby", "text": "hi bob"})
 	var m struct{ Type, Room, User, Text string }
-	websocket.JSON.Receive(bob, &m)
+	next := func(ws *websocket.Conn) { // the next message, past presence notices
+		for m.Type = ""; m.Type != "message"; {
+			websocket.JSON.Receive(ws, &m)
+		}
+	}
+	next(bob)
 	fmt.Printf("bob got %s from %s in %s\n", m.Text, m.User, m.Room)
-	websocket.JSON.Receive(alice, &m) // the sender's copy comes back through Redis too
+	next(alice) // the sender's copy comes back through Redis too
 	fmt.Printf("alice got %s from %s\n", m.Text, m.User)
 	// Output:
 	// bob got hi bob from alice in lobby
@@ -170,12 +175,16 @@ func dialURL(rawURL, origin string, header ...string) *websocket.Conn {
 
 // receive reads the next frame, waiting at most 5 s.
 func receive(ws *websocket.Conn) frame {
-	var f frame
 	ws.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if err := websocket.JSON.Receive(ws, &f); err != nil {
-		log.Fatal(err)
+	for {
+		var f frame
+		if err := websocket.JSON.Receive(ws, &f); err != nil {
+			log.Fatal(err)
+		}
+		if f.Type != "user_joined" && f.Type != "user_left" { // presence notices
+			return f
+		}
 	}
-	return f
 }
 
 // receiveErr reads frames until the connection ends (at most 5 s) and

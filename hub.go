@@ -14,6 +14,9 @@ import (
 // subscriber in line with that.
 type hub struct {
 	maxRooms int
+	// presence hears, under mu, when a user's first client here enters a
+	// room and when its last one goes (lock order: hub.mu, then presence's).
+	presence func(room, user string, here bool)
 
 	mu      sync.RWMutex
 	rooms   map[string]*room
@@ -46,6 +49,8 @@ type room struct {
 	// refill holds the members' messages back after a lost subscription
 	// while the Handler reads what was missed (finishRefill).
 	refill *gate
+	// users counts each user's clients here, for presence.
+	users map[string]int
 }
 
 // waiter is a join waiting for Redis's confirmation: the ref of the join
@@ -95,6 +100,7 @@ func (h *hub) join(c *client, name, ref string, want joinWant) (created, catchin
 		created = true
 	}
 	c.rooms[name] = false
+	h.arrivedLocked(r, name, c)
 	if r.subscribed {
 		r.catching[c] = &catchUp{ref: ref, want: want}
 		return created, true
@@ -180,10 +186,14 @@ func (h *hub) removeClient(c *client) (emptied []string) {
 // removeLocked takes c out of name and reports whether the room emptied
 // (and was forgotten).
 func (h *hub) removeLocked(c *client, name string) bool {
+	_, in := c.rooms[name]
 	delete(c.rooms, name)
 	r := h.rooms[name]
 	if r == nil {
 		return false
+	}
+	if in {
+		h.departedLocked(r, name, c)
 	}
 	if _, ok := r.waiting[c]; ok {
 		delete(r.waiting, c)
@@ -337,6 +347,7 @@ func (h *hub) failWaitersLocked(name string, r *room, cutoff time.Time) (emptied
 		delete(r.waiting, c)
 		h.waiters--
 		delete(c.rooms, name)
+		h.departedLocked(r, name, c)
 		c.sendError(codeUnavailable, "cannot join "+name+": Redis did not confirm the subscription", w.ref)
 	}
 	return h.forgetIfEmptyLocked(name, r)
@@ -350,6 +361,40 @@ func (h *hub) subscriptionsLost() {
 	for _, r := range h.rooms {
 		r.subscribed = false
 	}
+}
+
+// arrivedLocked counts c in room name's users here; the user's first
+// client makes the user present.
+func (h *hub) arrivedLocked(r *room, name string, c *client) {
+	if r.users == nil {
+		r.users = make(map[string]int)
+	}
+	if r.users[c.user]++; r.users[c.user] == 1 && h.presence != nil {
+		h.presence(name, c.user, true)
+	}
+}
+
+// departedLocked uncounts c; the user's last client makes it absent.
+func (h *hub) departedLocked(r *room, name string, c *client) {
+	if r.users[c.user]--; r.users[c.user] <= 0 {
+		delete(r.users, c.user)
+		if h.presence != nil {
+			h.presence(name, c.user, false)
+		}
+	}
+}
+
+// localUsers returns, for each room, its users with a client here.
+func (h *hub) localUsers() map[string][]string {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	rooms := make(map[string][]string, len(h.rooms))
+	for name, r := range h.rooms {
+		for user := range r.users {
+			rooms[name] = append(rooms[name], user)
+		}
+	}
+	return rooms
 }
 
 // roomCount is how many rooms have local members or joiners.

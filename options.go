@@ -42,6 +42,9 @@ type config struct {
 	// fragment. Without it a client could hold a nearly complete frame open
 	// for ever by sending a byte every readTimeout.
 	frameTimeout time.Duration
+	// presenceTTL is how long a user stays present after its instance's
+	// last refresh: an instance that dies takes its users with it within it.
+	presenceTTL time.Duration
 }
 
 func defaultConfig() config {
@@ -63,6 +66,7 @@ func defaultConfig() config {
 		redisPing:        500 * time.Millisecond,
 		closeGrace:       2 * time.Second,
 		frameTimeout:     10 * time.Second,
+		presenceTTL:      60 * time.Second,
 	}
 }
 

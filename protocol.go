@@ -23,9 +23,10 @@ const (
 
 // Client frame types. The server's frames are written by their encoders below.
 const (
-	typeJoin    = "join"
-	typeLeave   = "leave"
-	typeMessage = "message"
+	typeJoin     = "join"
+	typeLeave    = "leave"
+	typeMessage  = "message"
+	typePresence = "presence"
 )
 
 const (
@@ -93,7 +94,7 @@ func decodeFrame(data []byte) (inFrame, *requestError) {
 		return f, badRequest("ref is longer than " + strconv.Itoa(maxRefLen) + " bytes")
 	}
 	switch f.Type {
-	case typeJoin, typeLeave, typeMessage:
+	case typeJoin, typeLeave, typeMessage, typePresence:
 	case "":
 		return f, badRequest("missing field: type")
 	default:

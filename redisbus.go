@@ -16,9 +16,11 @@ package chat
 //     last message) and epoch (e: a new one each time the key is created),
 //     with the room TTL;
 //   - chat:hist:{room}, a stream of its last messages (WithHistory), entry
-//     IDs <seq>-0, each the exact bytes published, with the room TTL.
+//     IDs <seq>-0, each the exact bytes published, with the room TTL;
+//   - chat:presence:{room}, a hash of who is there on which instance
+//     (presence.go).
 //
-// The {room} hash tag keeps the three in one Redis Cluster slot.
+// The {room} hash tag keeps them all in one Redis Cluster slot.
 
 import (
 	"errors"
@@ -33,6 +35,9 @@ type keyspace string
 func (k keyspace) channel(room string) string { return string(k) + "msg:{" + room + "}" }
 func (k keyspace) roomKey(room string) string { return string(k) + "room:{" + room + "}" }
 func (k keyspace) histKey(room string) string { return string(k) + "hist:{" + room + "}" }
+func (k keyspace) presenceKey(room string) string {
+	return string(k) + "presence:{" + room + "}"
+}
 
 // roomOf returns the room of a channel name, without allocating.
 func (k keyspace) roomOf(channel string) (string, bool) {

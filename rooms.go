@@ -140,7 +140,10 @@ func (h *Handler) roomMessage(room string, payload []byte) {
 		h.kicked(room, payload)
 		return
 	}
-	h.stats.deliveries.Add(uint64(h.hub.deliver(room, payload)))
+	n := h.hub.deliver(room, payload)
+	if bytes.HasPrefix(payload, []byte(`{"type":"message"`)) {
+		h.stats.deliveries.Add(uint64(n)) // messages, not presence notices
+	}
 }
 
 // Kick takes user out of room on every instance, through Redis: each of the

@@ -8,6 +8,7 @@ package wstest
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"crypto/sha1"
 	"encoding/base64"
@@ -64,6 +65,10 @@ type Conn struct {
 	// NoPong disables the automatic pong reply; pings are then returned by
 	// ReadFrame (and skipped by ReadJSON and Next).
 	NoPong bool
+	// Presence keeps the chat server's presence announcements (user_joined,
+	// user_left frames), which every read skips otherwise: they come when
+	// other users come and go, and most tests are about something else.
+	Presence bool
 	// Skipped holds the JSON frames that Next passed over, oldest first. A
 	// test may inspect or reset it.
 	Skipped []map[string]any
@@ -282,6 +287,9 @@ func (c *Conn) readFrame(deadline time.Time) (op byte, fin bool, payload []byte,
 			_ = c.SendFrame(OpPong, payload, true) // a failed write shows up on the next read
 			continue
 		}
+		if op == OpText && fin && !c.Presence && isPresenceNotice(payload) {
+			continue
+		}
 		return op, fin, payload, nil
 	}
 }
@@ -404,4 +412,10 @@ func (c *Conn) ExpectClose(t testing.TB, timeout time.Duration) uint16 {
 		}
 		seen = append(seen, fmt.Sprintf("op=%#x %q", op, p))
 	}
+}
+
+// isPresenceNotice reports whether a text frame is a user_joined or
+// user_left announcement.
+func isPresenceNotice(p []byte) bool {
+	return bytes.HasPrefix(p, []byte(`{"type":"user_joined",`)) || bytes.HasPrefix(p, []byte(`{"type":"user_left",`))
 }
