@@ -310,3 +310,79 @@ func TestBrowserReconnect(t *testing.T) {
 	poll(t, page, "second message", countExpr(room)+` === 2`)
 	screenshot(t, page, filepath.Join(t.ArtifactDir(), "reconnected.png"))
 }
+
+// membersOf returns the member list a page shows for room, in its order.
+func membersOf(t *testing.T, ctx context.Context, room string) []string {
+	t.Helper()
+	got, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](fmt.Sprintf(
+		`[...document.querySelectorAll('[data-testid=members][data-room=%q] [data-testid=member]')].map(li => li.textContent)`, room)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// membersExpr is true when the page's member list of room shows exactly
+// users (sorted), and is up to date.
+func membersExpr(room string, users ...string) string {
+	want, _ := json.Marshal(users)
+	return fmt.Sprintf(`(m => m !== null && m.dataset.stale === "false" &&
+		JSON.stringify([...m.querySelectorAll('[data-testid=member]')].map(li => li.dataset.user)) === %q)(
+		document.querySelector('[data-testid=members][data-room=%q]'))`, want, room)
+}
+
+// TestBrowserMemberList: two pages on two instances of the demo join a
+// room; each page's member list shows both users (presence across
+// instances), and the first page says when the second one joined. When the
+// second page is closed, the first one's list drops its user and says so.
+func TestBrowserMemberList(t *testing.T) {
+	ctx := browser(t)
+	addr1, addr2 := demotest.FreeAddr(t), demotest.FreeAddr(t)
+	demotest.Start(t, "two-instances", []string{addr1, addr2})
+	tctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	page1 := tab(t, tctx, "page1", true, false)
+	tab2 := tab(t, ctx, "page2", false, false)
+	page2, cancel2 := context.WithTimeout(tab2, 90*time.Second)
+	defer cancel2()
+
+	room := fmt.Sprintf("e2e-%06x", rand.IntN(1<<24))
+	pages := []struct {
+		ctx              context.Context
+		name, user, addr string
+	}{
+		{page1, "page1", "alice", addr1},
+		{page2, "page2", "bob", addr2},
+	}
+	// One page after the other: alice is in the room when bob comes.
+	for _, p := range pages {
+		do(t, p.ctx, p.name+": open", chromedp.Navigate("http://"+p.addr+"/"))
+		poll(t, p.ctx, p.name+": connected", `document.querySelector("#state").dataset.state === "open"`)
+		do(t, p.ctx, p.name+": set name",
+			chromedp.SetValue(chromedp.ID("name"), p.user),
+			chromedp.SendKeys(chromedp.ID("name"), kb.Enter))
+		poll(t, p.ctx, p.name+": reconnected as "+p.user, fmt.Sprintf(
+			`(s => s.dataset.state === "open" && s.dataset.user === %q)(document.querySelector("#state"))`, p.user))
+		do(t, p.ctx, p.name+": join "+room, chromedp.SendKeys(chromedp.ID("room"), room+kb.Enter))
+		poll(t, p.ctx, p.name+": joined "+room, fmt.Sprintf(
+			`document.querySelector('[data-testid=tab][data-room=%q][data-joined=true][aria-selected=true]') !== null`, room))
+	}
+	for _, p := range pages {
+		poll(t, p.ctx, p.name+": both users in the member list", membersExpr(room, "alice", "bob"))
+	}
+	notice := func(text string) string {
+		return fmt.Sprintf(`[...document.querySelectorAll('[data-testid=panel][data-room=%q] [data-testid=system]')].some(li => li.textContent === %q)`, room, text)
+	}
+	poll(t, page1, "page1: bob's arrival noticed", notice("bob joined"))
+	screenshot(t, page1, filepath.Join(t.ArtifactDir(), "members.png"))
+
+	// Closing page2 closes its WebSocket: bob's last connection in the room.
+	if err := chromedp.Cancel(tab2); err != nil {
+		t.Fatalf("close page2: %v", err)
+	}
+	poll(t, page1, "page1: bob dropped from the member list", membersExpr(room, "alice"))
+	poll(t, page1, "page1: bob's departure noticed", notice("bob left"))
+	if got := membersOf(t, page1, room); len(got) != 1 || got[0] != "alice" {
+		t.Errorf("page1 lists %q, want [alice]", got)
+	}
+}
