@@ -122,6 +122,12 @@ func (p *presence) enqueue(op presenceOp) {
 	}
 }
 
+// lifetime is how long a field lives unrefreshed: two thirds of the TTL.
+// Refreshed every third, a live instance's fields never lapse, and a dead
+// one's are swept by the next refresh of another instance after they
+// lapse: its users are gone within the TTL.
+func (p *presence) lifetime() time.Duration { return p.ttl * 2 / 3 }
+
 // run applies queued changes and refreshes every third of the TTL until
 // ctx ends; then it says goodbye for the users still here.
 func (p *presence) run(ctx context.Context) {
@@ -152,7 +158,7 @@ func (p *presence) apply(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	ttl := p.ttl.Milliseconds()
+	ttl := p.lifetime().Milliseconds()
 	_, err := p.redis.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		for _, op := range ops {
 			keys := []string{p.keys.presenceKey(op.room)}
@@ -176,7 +182,7 @@ func (p *presence) refresh(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	rooms := p.local()
-	ttl := p.ttl.Milliseconds()
+	ttl := p.lifetime().Milliseconds()
 	cmds := make(map[string]*redis.Cmd, len(rooms))
 	_, err := p.redis.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		for room, users := range rooms {

@@ -239,6 +239,19 @@ func (d *Demo) Stop() error {
 	return nil
 }
 
+// Kill ends the demo with SIGKILL, as a crash would: no goodbye to Redis,
+// no close frames. The test's cleanup then expects nothing of it.
+func (d *Demo) Kill() {
+	d.stopMu.Lock()
+	defer d.stopMu.Unlock()
+	if d.stopped {
+		return
+	}
+	d.stopped = true
+	_ = d.cmd.Process.Kill()
+	<-d.done
+}
+
 // PID is the process ID of the demo, to read its memory in /proc.
 func (d *Demo) PID() int { return d.cmd.Process.Pid }
 
