@@ -141,11 +141,12 @@ func TestKick(t *testing.T) {
 	forEachRedis(t, func(t *testing.T, be *backend) {
 		a, b := newInstance(t, be), newInstance(t, be)
 		m1 := a.connect(t, "user=mallory&room=k&room=other")
+		m1b := a.connect(t, "user=mallory&room=k") // a's only other member of k
 		m2 := b.connect(t, "user=mallory&room=k")
 		alice := b.connect(t, "user=alice&room=k")
 
 		must(t, a.h.Kick(context.Background(), "k", "mallory"))
-		for i, c := range []*wstest.Conn{m1, m2} {
+		for i, c := range []*wstest.Conn{m1, m1b, m2} {
 			if f := c.Next(t, "left", wait); f["room"] != "k" || f["reason"] != "kicked" {
 				t.Fatalf("mallory's client %d: %v, want left k kicked", i, f)
 			}
@@ -165,6 +166,11 @@ func TestKick(t *testing.T) {
 				}
 			}
 		}
+		// Instance a has nobody left in k: it lets go of the subscription.
+		eventually(t, wait, "a unsubscribed from k", func() bool {
+			n, _ := be.client(t).PubSubNumSub(context.Background(), "chat:msg:{k}").Result()
+			return n["chat:msg:{k}"] == 1 // b's, for alice
+		})
 		must(t, m2.SendJSON(msgFrame("k", "let me in", "x")))
 		if e := m2.Next(t, "error", wait); e["code"] != codeNotJoined {
 			t.Errorf("kicked client sends to the room: %v, want not_joined", e)

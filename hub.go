@@ -136,7 +136,9 @@ func (h *hub) kick(name, user string) (emptied bool) {
 		}
 	}
 	for _, c := range out {
-		emptied = h.removeLocked(c, name)
+		if h.removeLocked(c, name) {
+			emptied = true
+		}
 		c.send(kickedFrame(name))
 	}
 	return emptied

@@ -185,12 +185,7 @@ func TestBrowserTwoInstances(t *testing.T) {
 		t.Fatalf("both instances report %q", inst1)
 	}
 
-	tctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	page1 := tab(t, tctx, "page1", true, false)
-	page2 := tab(t, ctx, "page2", false, false)
-	page2, cancel2 := context.WithTimeout(page2, 90*time.Second)
-	defer cancel2()
+	page1, page2, _ := twoTabs(t, ctx)
 
 	room := fmt.Sprintf("e2e-%06x", rand.IntN(1<<24))
 	pages := []struct {
@@ -339,12 +334,7 @@ func TestBrowserMemberList(t *testing.T) {
 	ctx := browser(t)
 	addr1, addr2 := demotest.FreeAddr(t), demotest.FreeAddr(t)
 	demotest.Start(t, "two-instances", []string{addr1, addr2})
-	tctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	page1 := tab(t, tctx, "page1", true, false)
-	tab2 := tab(t, ctx, "page2", false, false)
-	page2, cancel2 := context.WithTimeout(tab2, 90*time.Second)
-	defer cancel2()
+	page1, page2, tab2 := twoTabs(t, ctx)
 
 	room := fmt.Sprintf("e2e-%06x", rand.IntN(1<<24))
 	pages := []struct {
@@ -385,4 +375,16 @@ func TestBrowserMemberList(t *testing.T) {
 	if got := membersOf(t, page1, room); len(got) != 1 || got[0] != "alice" {
 		t.Errorf("page1 lists %q, want [alice]", got)
 	}
+}
+
+// twoTabs opens the test's two pages in the browser of ctx, each bounded to
+// 90 s, and returns them and page2's tab itself (to close it).
+func twoTabs(t *testing.T, ctx context.Context) (page1, page2, tab2 context.Context) {
+	tctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	t.Cleanup(cancel)
+	page1 = tab(t, tctx, "page1", true, false)
+	tab2 = tab(t, ctx, "page2", false, false)
+	page2, cancel2 := context.WithTimeout(tab2, 90*time.Second)
+	t.Cleanup(cancel2)
+	return page1, page2, tab2
 }
