@@ -128,12 +128,14 @@ func TestLoad10kConnections(t *testing.T) {
 			round, rooms*perSender, conns*perSender, time.Since(start).Round(time.Millisecond))
 	}
 	// Memory stays bounded. The first rounds grow stacks and buffers to
-	// their working size and let garbage fill the heap up to the GC's goal;
-	// after that, more messaging must not add memory (a leak would keep
-	// growing with every round: 2 KiB per connection over three rounds of
-	// 5 deliveries to each member is about 140 bytes per delivery), and
-	// the total stays under a ceiling.
-	const rounds, settled = 8, 5
+	// their working size and let garbage fill the heap up to the GC's goal,
+	// which can still take one step up (seen: 204 MB after round 5, 230
+	// after round 7, then flat to round 16; 26 MB is 2.6 KiB per
+	// connection). So the test looks at eight rounds after round 8: one
+	// such step fits in 3 KiB per connection, a leak does not (3 KiB over
+	// 40 deliveries to each member is 75 bytes per delivery, and a leak
+	// keeps growing with every round). The total stays under a ceiling.
+	const rounds, settled = 16, 8
 	var atSettled, last uint64
 	for round := 1; round <= rounds; round++ {
 		chatRound(round)
@@ -143,8 +145,8 @@ func TestLoad10kConnections(t *testing.T) {
 		}
 	}
 	t.Logf("server RSS: %d KiB connected, %d after round %d, %d after round %d", connected, atSettled, settled, last, rounds)
-	if grown := (float64(last) - float64(atSettled)) / conns; grown > 2 {
-		t.Errorf("server RSS grew %.1f KiB per connection over rounds %d-%d, want at most 2: memory grows with messaging", grown, settled+1, rounds)
+	if grown := (float64(last) - float64(atSettled)) / conns; grown > 3 {
+		t.Errorf("server RSS grew %.1f KiB per connection over rounds %d-%d, want at most 3: memory grows with messaging", grown, settled+1, rounds)
 	}
 	if total := float64(last-baseline) / conns; total > 32 {
 		t.Errorf("server RSS is %.1f KiB per connection after chatting, want at most 32", total)
