@@ -3,6 +3,7 @@ package chat
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sort"
 	"sync"
 	"time"
@@ -104,7 +105,7 @@ type presence struct {
 	instance string
 	ttl      time.Duration
 	timeout  time.Duration
-	log      interface{ Warn(string, ...any) }
+	log      *slog.Logger
 	local    func() map[string][]string // room → its users here (the hub)
 
 	mu      sync.Mutex
@@ -129,7 +130,7 @@ func (p *presence) enqueue(op presenceOp) {
 func (p *presence) lifetime() time.Duration { return p.ttl * 2 / 3 }
 
 // run applies queued changes and refreshes every third of the TTL until
-// ctx ends; then it says goodbye for the users still here.
+// ctx ends; then it applies the last changes (Shutdown's leaves).
 func (p *presence) run(ctx context.Context) {
 	t := time.NewTicker(p.ttl / 3)
 	defer t.Stop()
@@ -235,29 +236,16 @@ func (h *Handler) Presence(ctx context.Context, room string) ([]string, error) {
 	return h.presence.list(ctx, room)
 }
 
-// answerPresence reads who is in room and tells c, on a goroutine of its
-// own (counted with the connections: c's reader is alive), within the
-// publish timeout whatever the Redis client's timeouts.
+// answerPresence reads who is in room and tells c, within the publish
+// timeout (readBounded).
 func (h *Handler) answerPresence(c *client, room, ref string) {
-	h.conns.Add(1)
-	go func() {
-		defer h.conns.Done()
-		var once sync.Once
-		answer := func(frame []byte) { once.Do(func() { c.send(frame) }) }
-		expire := time.AfterFunc(h.cfg.publishTimeout, func() {
-			answer(errorFrame(codeUnavailable, "who is in "+room+": "+errReadTimeout.Error(), ref))
-		})
-		defer expire.Stop()
-		ctx, cancel := context.WithTimeout(context.Background(), h.cfg.publishTimeout)
-		defer cancel()
-		users, err := h.presence.list(ctx, room)
-		if err != nil {
-			h.stats.unavailable.Add(1)
-			answer(errorFrame(codeUnavailable, err.Error(), ref))
-			return
-		}
-		answer(presenceFrame(room, users, ref))
-	}()
+	var users []string
+	h.readBounded(func(ctx context.Context) (err error) {
+		users, err = h.presence.list(ctx, room)
+		return err
+	}, func() { c.send(presenceFrame(room, users, ref)) }, func(err error) {
+		c.sendError(codeUnavailable, "who is in "+room+": "+err.Error(), ref)
+	})
 }
 
 // userFrame is a user_joined or user_left frame.

@@ -46,11 +46,7 @@ func (h *Handler) join(c *client, room, ref string, want joinWant) {
 }
 
 // startReads reads Redis for each join of room that is catching up, and
-// for the room's members after a lost subscription (gap fill), each on a
-// goroutine of its own, counted with the connections: a client in the hub
-// has a reader alive. A read that Redis does not answer within the publish
-// timeout fails at that moment, whatever timeouts the client was built
-// with (go-redis bounds a command by those, not by a context).
+// for the room's members after a lost subscription (gap fill).
 func (h *Handler) startReads(room string, reads []pendingRead) {
 	for _, pr := range reads {
 		fail := func(err error) { h.abandonJoin(pr.c, room, err) }
@@ -62,23 +58,36 @@ func (h *Handler) startReads(room string, reads []pendingRead) {
 				h.hub.finishRefill(room, read)
 			}
 		}
-		h.conns.Add(1)
-		go func() {
-			defer h.conns.Done()
-			expire := time.AfterFunc(h.cfg.publishTimeout, func() { fail(errReadTimeout) })
-			ctx, cancel := context.WithTimeout(context.Background(), h.cfg.publishTimeout)
-			defer cancel()
-			read, err := readForJoin(ctx, h.redis, h.keys, h.cfg.roomTTL, room, pr.want)
-			if !expire.Stop() {
-				return // answered already
-			}
-			if err != nil {
-				fail(err)
-				return
-			}
-			finish(read)
-		}()
+		var read joinRead
+		h.readBounded(func(ctx context.Context) (err error) {
+			read, err = readForJoin(ctx, h.redis, h.keys, h.cfg.roomTTL, room, pr.want)
+			return err
+		}, func() { finish(read) }, fail)
 	}
+}
+
+// readBounded runs read on a goroutine of its own, counted with the
+// connections (it serves clients in the hub, whose readers are alive), and
+// then exactly one of done and fail: fail with errReadTimeout as soon as
+// Redis has not answered within the publish timeout, whatever timeouts the
+// client was built with (go-redis bounds a command by those, not by a
+// context); else done, or fail with read's error.
+func (h *Handler) readBounded(read func(ctx context.Context) error, done func(), fail func(error)) {
+	h.conns.Add(1)
+	go func() {
+		defer h.conns.Done()
+		expire := time.AfterFunc(h.cfg.publishTimeout, func() { fail(errReadTimeout) })
+		ctx, cancel := context.WithTimeout(context.Background(), h.cfg.publishTimeout)
+		defer cancel()
+		err := read(ctx)
+		switch {
+		case !expire.Stop(): // answered already
+		case err != nil:
+			fail(err)
+		default:
+			done()
+		}
+	}()
 }
 
 var errReadTimeout = errors.New("no answer from Redis in time")

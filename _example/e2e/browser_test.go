@@ -198,19 +198,11 @@ func TestBrowserTwoInstances(t *testing.T) {
 		{page2, "page2", "bob", addr2, inst2, "hello alice, bob here"},
 	}
 	for _, p := range pages {
-		do(t, p.ctx, p.name+": open", chromedp.Navigate("http://"+p.addr+"/"))
-		poll(t, p.ctx, p.name+": connected", `document.querySelector("#state").dataset.state === "open"`)
+		enterRoom(t, p.ctx, p.name, p.addr, p.user, room)
 		shownInst, err := chromedp.Run(p.ctx, chromedp.Text(chromedp.ID("instance")))
 		if err != nil || shownInst != p.inst {
 			t.Fatalf("%s: page shows instance %q (%v), /info says %q", p.name, shownInst, err, p.inst)
 		}
-		// Set the name (Enter submits), then join the room (Enter again).
-		do(t, p.ctx, p.name+": set name",
-			chromedp.SetValue(chromedp.ID("name"), p.user),
-			chromedp.SendKeys(chromedp.ID("name"), kb.Enter))
-		poll(t, p.ctx, p.name+": reconnected as "+p.user, fmt.Sprintf(
-			`(s => s.dataset.state === "open" && s.dataset.user === %q)(document.querySelector("#state"))`, p.user))
-		do(t, p.ctx, p.name+": join "+room, chromedp.SendKeys(chromedp.ID("room"), room+kb.Enter))
 	}
 	for _, p := range pages {
 		poll(t, p.ctx, p.name+": joined "+room, fmt.Sprintf(
@@ -346,14 +338,7 @@ func TestBrowserMemberList(t *testing.T) {
 	}
 	// One page after the other: alice is in the room when bob comes.
 	for _, p := range pages {
-		do(t, p.ctx, p.name+": open", chromedp.Navigate("http://"+p.addr+"/"))
-		poll(t, p.ctx, p.name+": connected", `document.querySelector("#state").dataset.state === "open"`)
-		do(t, p.ctx, p.name+": set name",
-			chromedp.SetValue(chromedp.ID("name"), p.user),
-			chromedp.SendKeys(chromedp.ID("name"), kb.Enter))
-		poll(t, p.ctx, p.name+": reconnected as "+p.user, fmt.Sprintf(
-			`(s => s.dataset.state === "open" && s.dataset.user === %q)(document.querySelector("#state"))`, p.user))
-		do(t, p.ctx, p.name+": join "+room, chromedp.SendKeys(chromedp.ID("room"), room+kb.Enter))
+		enterRoom(t, p.ctx, p.name, p.addr, p.user, room)
 		poll(t, p.ctx, p.name+": joined "+room, fmt.Sprintf(
 			`document.querySelector('[data-testid=tab][data-room=%q][data-joined=true][aria-selected=true]') !== null`, room))
 	}
@@ -387,4 +372,19 @@ func twoTabs(t *testing.T, ctx context.Context) (page1, page2, tab2 context.Cont
 	page2, cancel2 := context.WithTimeout(tab2, 90*time.Second)
 	t.Cleanup(cancel2)
 	return page1, page2, tab2
+}
+
+// enterRoom opens the demo page at addr as user and asks to join room:
+// set the name (Enter submits, the page reconnects under it), then the
+// room (Enter again).
+func enterRoom(t *testing.T, ctx context.Context, name, addr, user, room string) {
+	t.Helper()
+	do(t, ctx, name+": open", chromedp.Navigate("http://"+addr+"/"))
+	poll(t, ctx, name+": connected", `document.querySelector("#state").dataset.state === "open"`)
+	do(t, ctx, name+": set name",
+		chromedp.SetValue(chromedp.ID("name"), user),
+		chromedp.SendKeys(chromedp.ID("name"), kb.Enter))
+	poll(t, ctx, name+": reconnected as "+user, fmt.Sprintf(
+		`(s => s.dataset.state === "open" && s.dataset.user === %q)(document.querySelector("#state"))`, user))
+	do(t, ctx, name+": join "+room, chromedp.SendKeys(chromedp.ID("room"), room+kb.Enter))
 }

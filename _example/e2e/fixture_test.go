@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chatrelay/chat/internal/demotest"
+	"github.com/chatrelay/chat/internal/redistest"
 	"github.com/chatrelay/chat/internal/wstest"
 )
 
@@ -74,4 +75,17 @@ func expect(t *testing.T, name string, c *wstest.Conn, typ string) frame {
 		t.Fatalf("%s: bad frame %s: %v", name, data, err)
 	}
 	return f
+}
+
+// twoDemos starts a redis-server and two demo processes on it, A and B,
+// each with its own extra flags; it returns A (to stop or kill it), the two
+// addresses and the Redis server.
+func twoDemos(t *testing.T, argsA, argsB []string) (a *demotest.Demo, addrA, addrB string, rs *redistest.Server) {
+	t.Helper()
+	rs = redistest.Start(t)
+	redisURL := "redis://" + rs.Addr
+	addrA, addrB = demotest.FreeAddr(t), demotest.FreeAddr(t)
+	a = demotest.Start(t, "A", []string{addrA}, append([]string{"-redis", redisURL}, argsA...)...)
+	demotest.Start(t, "B", []string{addrB}, append([]string{"-redis", redisURL}, argsB...)...)
+	return a, addrA, addrB, rs
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/chatrelay/chat/internal/demotest"
-	"github.com/chatrelay/chat/internal/redistest"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 )
@@ -116,11 +115,7 @@ func TestBrowserReloadShowsHistory(t *testing.T) {
 // them.
 func TestBrowserStopStartRecovers(t *testing.T) {
 	ctx := browser(t)
-	rs := redistest.Start(t)
-	redisURL := "redis://" + rs.Addr
-	addrA, addrB := demotest.FreeAddr(t), demotest.FreeAddr(t)
-	a := demotest.Start(t, "A", []string{addrA}, "-redis", redisURL)
-	demotest.Start(t, "B", []string{addrB}, "-redis", redisURL, "-rate-limit", "0")
+	a, addrA, addrB, rs := twoDemos(t, nil, []string{"-rate-limit", "0"})
 	tctx, cancel := context.WithTimeout(ctx, 120*time.Second)
 	defer cancel()
 	page := tab(t, tctx, "page", true, true) // the page logs its failed attempts while A is down
@@ -161,7 +156,7 @@ func TestBrowserStopStartRecovers(t *testing.T) {
 		t.Fatalf("the page shows %d messages while its server is down, want 1", n)
 	}
 
-	demotest.Start(t, "A again", []string{addrA}, "-redis", redisURL)
+	demotest.Start(t, "A again", []string{addrA}, "-redis", "redis://"+rs.Addr)
 	poll(t, page, "connected again", `document.querySelector("#state").dataset.state === "open"`)
 	poll(t, page, "rejoined", joinedExpr(room))
 	poll(t, page, "missed messages shown", fmt.Sprintf(`%s >= %d`, countExpr(room), len(want)))

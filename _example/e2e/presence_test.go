@@ -4,9 +4,6 @@ import (
 	"fmt"
 	"testing"
 	"time"
-
-	"github.com/chatrelay/chat/internal/demotest"
-	"github.com/chatrelay/chat/internal/redistest"
 )
 
 // TestKilledInstanceLeavesPresence: a demo process that dies by SIGKILL
@@ -14,11 +11,7 @@ import (
 // process's members within the presence TTL (60 s, so within 75 s) and are
 // gone from presence.
 func TestKilledInstanceLeavesPresence(t *testing.T) {
-	rs := redistest.Start(t)
-	redisURL := "redis://" + rs.Addr
-	addrA, addrB := demotest.FreeAddr(t), demotest.FreeAddr(t)
-	a := demotest.Start(t, "A", []string{addrA}, "-redis", redisURL)
-	demotest.Start(t, "B", []string{addrB}, "-redis", redisURL)
+	a, addrA, addrB, _ := twoDemos(t, nil, nil)
 
 	carol := dialWS(t, "ws://"+addrA+"/chat?room=crash&user=carol")
 	expect(t, "carol@A", carol, "joined")

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatrelay/chat/internal/demotest"
-	"github.com/chatrelay/chat/internal/redistest"
 	"github.com/chatrelay/chat/internal/wstest"
 )
 
@@ -19,11 +17,7 @@ import (
 // stopped with SIGTERM: its client gets close 1001, A exits 0, and B keeps
 // relaying.
 func TestTwoProcessesRealRedis(t *testing.T) {
-	rs := redistest.Start(t)
-	redisURL := "redis://" + rs.Addr
-	addrA, addrB := demotest.FreeAddr(t), demotest.FreeAddr(t)
-	a := demotest.Start(t, "A", []string{addrA}, "-redis", redisURL, "-rate-limit", "0")
-	demotest.Start(t, "B", []string{addrB}, "-redis", redisURL)
+	a, addrA, addrB, rs := twoDemos(t, []string{"-rate-limit", "0"}, nil)
 	instA, instB := instanceID(t, "http://"+addrA), instanceID(t, "http://"+addrB)
 	if instA == instB {
 		t.Fatalf("both processes report instance %q", instA)
@@ -43,7 +37,7 @@ func TestTwoProcessesRealRedis(t *testing.T) {
 		t.Fatalf("alice: joined frame %+v", f)
 	}
 
-	// The room key is set on join (SPEC §4), with a TTL.
+	// The room key is set on join, with a TTL (the README's Redis layout).
 	key := "chat:room:{" + room + "}"
 	rc, ctx := rs.Client(t), context.Background()
 	if n, err := rc.Exists(ctx, key).Result(); err != nil || n != 1 {
