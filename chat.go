@@ -77,6 +77,7 @@ type Handler struct {
 	// and writes: a join's read, History, Kick.
 	redis redis.UniversalClient
 	keys  keyspace
+	mode  pubsubMode
 
 	// roomsMu makes each change of the hub's rooms and the matching update
 	// of the subscriber one step (rooms.go).
@@ -96,6 +97,15 @@ type Handler struct {
 // subscribes through sub. They must be distinct clients: a connection in
 // subscribed state can run nothing else. Both may be a *redis.Client, a
 // failover (Sentinel) client or a *redis.ClusterClient.
+//
+// When both are *redis.ClusterClient, rooms use Redis 7's sharded Pub/Sub:
+// each room's messages are published (SPUBLISH) and subscribed (SSUBSCRIBE)
+// on the master that owns the room's slot only, with one subscription
+// connection per master that owns one of the instance's rooms, so the
+// cluster's Pub/Sub capacity grows with its masters. A room whose slot
+// moves (resharding) or whose master fails over is subscribed again on its
+// new owner and the gap is filled from the history. WithClassicPubSub
+// keeps classic Pub/Sub, for Redis 6.
 //
 // New panics on a nil client or a *redis.Ring, whose Pub/Sub cannot span
 // shards. The Handler runs background goroutines until Shutdown.
@@ -123,17 +133,20 @@ func New(pub, sub redis.UniversalClient, opts ...Option) *Handler {
 	h.log = logger.With("instance", h.id)
 	keys := keyspace(cfg.keyPrefix)
 	h.redis, h.keys = pub, keys
+	_, pubCluster := pub.(*redis.ClusterClient)
+	_, subCluster := sub.(*redis.ClusterClient)
+	h.mode = pubsubMode(pubCluster && subCluster && !cfg.classic)
 	h.activity = &roomActivity{redis: pub, keys: keys, ttl: cfg.roomTTL}
 	h.hub = newHub(cfg.maxRooms)
 	h.presence = &presence{
-		redis: pub, keys: keys, instance: h.id, ttl: cfg.presenceTTL, timeout: cfg.publishTimeout,
+		redis: pub, mode: h.mode, keys: keys, instance: h.id, ttl: cfg.presenceTTL, timeout: cfg.publishTimeout,
 		log: h.log, local: h.hub.localUsers, wake: make(chan struct{}, 1),
 	}
 	h.hub.presence = func(room, user string, here bool) {
 		h.presence.enqueue(presenceOp{room: room, user: user, joined: here})
 	}
-	h.pub = newPublisher(pub, keys, h.id, &h.cfg, h.log, &h.stats)
-	h.sub = newSubscriber(sub, keys, h.activity, h, &h.cfg, h.log, &h.stats)
+	h.pub = newPublisher(pub, h.mode, keys, h.id, &h.cfg, h.log, &h.stats)
+	h.sub = newSubscriber(sub, h.mode == shardedPubSub, keys, h.activity, h, &h.cfg, h.log, &h.stats)
 
 	h.pub.start()
 	h.sub.start()

@@ -209,15 +209,18 @@ func TestShutdownDeadline(t *testing.T) {
 }
 
 // The ClusterClient code path works (against miniredis's one-node cluster).
-func TestClusterClient(t *testing.T) {
+// Classic Pub/Sub through cluster clients, as on a Redis 6 cluster
+// (miniredis has no sharded Pub/Sub); cluster_test.go runs sharded Pub/Sub
+// on a real cluster.
+func TestClusterClientWithClassicPubSub(t *testing.T) {
 	mr := miniredis.RunT(t)
 	cluster := func() *redis.ClusterClient {
 		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{mr.Addr()}})
 		t.Cleanup(func() { _ = c.Close() })
 		return c
 	}
-	a := newInstanceWith(t, cluster(), cluster())
-	b := newInstanceWith(t, cluster(), cluster())
+	a := newInstanceWith(t, cluster(), cluster(), WithClassicPubSub())
+	b := newInstanceWith(t, cluster(), cluster(), WithClassicPubSub())
 	ca := a.connect(t, "room=shard&user=a")
 	cb := b.connect(t, "room=shard&user=b")
 	must(t, ca.SendJSON(msgFrame("shard", "across the cluster", "")))

@@ -355,13 +355,16 @@ func (h *hub) failWaitersLocked(name string, r *room, cutoff time.Time) (emptied
 	return h.forgetIfEmptyLocked(name, r)
 }
 
-// subscriptionsLost: the subscription connection failed. Until Redis
-// confirms each room again, a new member must wait for that confirmation.
-func (h *hub) subscriptionsLost() {
+// subscriptionsLost: the connection carrying rooms failed, or they moved
+// to another Redis node. Until Redis confirms each room again, a new member
+// must wait for that confirmation.
+func (h *hub) subscriptionsLost(rooms []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, r := range h.rooms {
-		r.subscribed = false
+	for _, name := range rooms {
+		if r := h.rooms[name]; r != nil {
+			r.subscribed = false
+		}
 	}
 }
 

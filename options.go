@@ -27,7 +27,8 @@ type config struct {
 	rateBurst    int
 	maxRooms     int
 	maxConns     int
-	history      int // messages kept per room
+	history      int  // messages kept per room
+	classic      bool // WithClassicPubSub
 	pingInterval time.Duration
 	readTimeout  time.Duration
 	writeTimeout time.Duration
@@ -239,4 +240,14 @@ func WithTimeouts(ping, read, write time.Duration) Option {
 			c.writeTimeout = write
 		}
 	}
+}
+
+// WithClassicPubSub keeps classic Pub/Sub (PUBLISH, SUBSCRIBE) when both
+// clients are *redis.ClusterClient, where New otherwise uses Redis 7's
+// sharded Pub/Sub (SPUBLISH, SSUBSCRIBE). Classic Pub/Sub on a cluster
+// copies every message to every node, so it does not scale with the
+// cluster; it is for Redis 6 clusters, which have no sharded Pub/Sub. It
+// changes nothing for other clients, which always use classic Pub/Sub.
+func WithClassicPubSub() Option {
+	return func(c *config) { c.classic = true }
 }

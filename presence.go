@@ -41,20 +41,20 @@ end
 
 // presenceJoinScript adds this instance's field for a user and announces
 // the user if no other live field has it. ARGV: user, instance, TTL (ms),
-// channel, user_joined frame.
+// channel, user_joined frame, publish command.
 const presenceJoinScript = presenceNowLua + `local f = ARGV[1] .. '\0' .. ARGV[2]
 local before = present(ARGV[1], f)
 redis.call('HSET', KEYS[1], f, now + tonumber(ARGV[3]))
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
-if not before then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+if not before then redis.call(ARGV[6], ARGV[4], ARGV[5]) end
 return 1`
 
 // presenceLeaveScript removes this instance's field for a user and
 // announces the user gone if no other live field has it. ARGV: user,
-// instance, channel, user_left frame.
+// instance, channel, user_left frame, publish command.
 const presenceLeaveScript = presenceNowLua + `local f = ARGV[1] .. '\0' .. ARGV[2]
 if redis.call('HDEL', KEYS[1], f) == 1 and not present(ARGV[1], f) then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  redis.call(ARGV[5], ARGV[3], ARGV[4])
 end
 return 1`
 
@@ -101,6 +101,7 @@ type presenceOp struct {
 // refreshes the instance's fields.
 type presence struct {
 	redis    redis.UniversalClient
+	mode     pubsubMode
 	keys     keyspace
 	instance string
 	ttl      time.Duration
@@ -164,9 +165,9 @@ func (p *presence) apply(ctx context.Context) {
 		for _, op := range ops {
 			keys := []string{p.keys.presenceKey(op.room)}
 			if op.joined {
-				pl.Eval(ctx, presenceJoinScript, keys, op.user, p.instance, ttl, p.keys.channel(op.room), userFrame("user_joined", op.room, op.user))
+				pl.Eval(ctx, presenceJoinScript, keys, op.user, p.instance, ttl, p.keys.channel(op.room), userFrame("user_joined", op.room, op.user), p.mode.publishCommand())
 			} else {
-				pl.Eval(ctx, presenceLeaveScript, keys, op.user, p.instance, p.keys.channel(op.room), userFrame("user_left", op.room, op.user))
+				pl.Eval(ctx, presenceLeaveScript, keys, op.user, p.instance, p.keys.channel(op.room), userFrame("user_left", op.room, op.user), p.mode.publishCommand())
 			}
 		}
 		return nil
@@ -202,7 +203,7 @@ func (p *presence) refresh(ctx context.Context) {
 	for room, cmd := range cmds {
 		left, _ := cmd.StringSlice()
 		for _, user := range left {
-			if err := p.redis.Publish(ctx, p.keys.channel(room), userFrame("user_left", room, user)).Err(); err != nil {
+			if err := p.mode.publish(ctx, p.redis, p.keys.channel(room), userFrame("user_left", room, user)); err != nil {
 				p.log.Warn("cannot announce a user gone with its instance", "room", room, "err", err)
 			}
 		}

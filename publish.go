@@ -25,7 +25,8 @@ import (
 // encoding. seq 1 starts an epoch (a new room key, or one Redis lost): the
 // epoch is set if the key has none, and an old epoch's history is dropped.
 //
-// KEYS: room hash, history stream. ARGV: TTL (s), channel, frame, history size.
+// KEYS: room hash, history stream. ARGV: TTL (s), channel, frame, history
+// size, publish command (PUBLISH or SPUBLISH, pubsubMode).
 const publishScript = `local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
 if seq == 1 then
   local t = redis.call('TIME')
@@ -38,7 +39,7 @@ if ARGV[4] ~= '0' then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'm', msg)
   redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
-return redis.call('PUBLISH', ARGV[2], msg)`
+return redis.call(ARGV[5], ARGV[2], msg)`
 
 // Publishing is pipelined and batched. Each lane is a queue with one
 // goroutine that sends everything waiting in it as one pipeline, so under
@@ -74,14 +75,15 @@ type publishRequest struct {
 // it on a lane; New starts its goroutines with start and Shutdown stops them
 // with close.
 type publisher struct {
-	redis   redis.UniversalClient
-	keys    keyspace
-	origin  string        // the instance ID, in every message's "instance" and ID
-	ttl     int64         // room TTL in seconds, for the script
-	history int           // messages kept per room; 0: none
-	timeout time.Duration // bound on one pipeline's round trip
-	log     *slog.Logger
-	stats   *counters
+	redis      redis.UniversalClient
+	keys       keyspace
+	origin     string        // the instance ID, in every message's "instance" and ID
+	ttl        int64         // room TTL in seconds, for the script
+	history    int           // messages kept per room; 0: none
+	publishCmd string        // PUBLISH or SPUBLISH (pubsubMode)
+	timeout    time.Duration // bound on one pipeline's round trip
+	log        *slog.Logger
+	stats      *counters
 
 	seq    atomic.Uint64 // message IDs are origin-seq
 	lanes  [publishLanes]*lane
@@ -90,9 +92,9 @@ type publisher struct {
 	wg     sync.WaitGroup
 }
 
-func newPublisher(client redis.UniversalClient, keys keyspace, origin string, cfg *config, log *slog.Logger, stats *counters) *publisher {
+func newPublisher(client redis.UniversalClient, mode pubsubMode, keys keyspace, origin string, cfg *config, log *slog.Logger, stats *counters) *publisher {
 	p := &publisher{
-		redis: client, keys: keys, origin: origin,
+		redis: client, keys: keys, origin: origin, publishCmd: mode.publishCommand(),
 		ttl:     int64(cfg.roomTTL / time.Second),
 		history: cfg.history,
 		timeout: cfg.publishTimeout,
@@ -345,7 +347,7 @@ func (p *publisher) pipeline(ctx context.Context, batch []*publishRequest) []err
 	// bytes.
 	cmds, _ := p.redis.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		for _, r := range batch {
-			pl.Eval(ctx, publishScript, []string{p.keys.roomKey(r.room), p.keys.histKey(r.room)}, p.ttl, p.keys.channel(r.room), r.frame, p.history)
+			pl.Eval(ctx, publishScript, []string{p.keys.roomKey(r.room), p.keys.histKey(r.room)}, p.ttl, p.keys.channel(r.room), r.frame, p.history, p.publishCmd)
 		}
 		return nil
 	})

@@ -2,6 +2,7 @@ package chat
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -9,20 +10,25 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// receive is the only reader of the subscription connection. It hands
-// messages to the owner, applies confirmations, and watches the
-// connection: a ping when idle, and a handover to a new connection when
-// nothing at all came back for staleAfter, because a silently frozen
-// connection raises no error (see handover, below).
-func (s *subscriber) receive(ctx context.Context) {
+// receive is the only reader of link l's connection. It hands messages to
+// the owner, applies confirmations, and watches the connection: a ping
+// when idle, and a handover to a new connection when nothing at all came
+// back for staleAfter, because a silently frozen connection raises no
+// error (see handover, below).
+//
+// A broken classic connection is left to go-redis, which reconnects on the
+// next read and resubscribes every channel. A broken sharded one ends the
+// link (linkLost): its node may be gone, and go-redis's resubscription
+// would not work there.
+func (s *subscriber) receive(ctx context.Context, l *link) {
 	select { // nothing to read until the first subscription
 	case <-ctx.Done():
 		return
-	case <-s.psReady:
+	case <-l.ready:
 	}
-	s.psMu.Lock()
-	ps := s.ps
-	s.psMu.Unlock()
+	l.psMu.Lock()
+	ps := l.ps
+	l.psMu.Unlock()
 
 	staleAfter := 4 * s.pingEvery
 	lastFrame := time.Now()
@@ -33,7 +39,7 @@ func (s *subscriber) receive(ctx context.Context) {
 	for ctx.Err() == nil {
 		timeout := s.pingEvery
 		if ho != nil {
-			ho.poll(ctx, s, ps)
+			ho.poll(ctx, s, l, ps)
 			if ho.finished {
 				ho = nil
 			} else {
@@ -42,10 +48,11 @@ func (s *subscriber) receive(ctx context.Context) {
 		}
 		msg, err := ps.ReceiveTimeout(ctx, timeout)
 		if err != nil {
-			if ctx.Err() != nil {
+			var reply redis.Error
+			switch {
+			case ctx.Err() != nil:
 				return // drain, if running, stops too
-			}
-			if isTimeout(err) {
+			case isTimeout(err):
 				if time.Since(lastFrame) < staleAfter || ho != nil {
 					if time.Since(lastPing) >= s.pingEvery {
 						_ = ps.Ping(ctx) // a write error shows up in the next receive
@@ -53,11 +60,18 @@ func (s *subscriber) receive(ctx context.Context) {
 					}
 					continue
 				}
-				s.log.Warn("Redis subscription connection silent: opening a new one, reading the old one until the new one is confirmed", "silent_for", time.Since(lastFrame).Round(time.Millisecond))
+				s.log.Warn("Redis subscription connection silent: opening a new one, reading the old one until the new one is confirmed", "node", l.node, "silent_for", time.Since(lastFrame).Round(time.Millisecond))
 				s.stats.subscriptionReconnects.Add(1)
-				ho, ps = s.handOver(ctx, ps)
+				ho, ps = s.handOver(ctx, l, ps)
 				lastFrame = time.Now()
 				continue
+			case s.cluster != nil && errors.As(err, &reply):
+				lastFrame = time.Now()
+				s.rejected(l, err)
+				continue
+			case s.cluster != nil:
+				s.linkLost(l, err)
+				return
 			}
 			// The connection broke. go-redis reconnects on the next
 			// receive and resubscribes every channel it has.
@@ -66,8 +80,7 @@ func (s *subscriber) receive(ctx context.Context) {
 				s.stats.subscriptionReconnects.Add(1)
 				s.log.Warn("Redis subscription connection lost; messages published until it is back are lost", "err", err)
 			}
-			s.connectionLost(false)
-			s.events.subscriptionsLost()
+			s.events.subscriptionsLost(s.connectionLost(l))
 			backoff = min(max(2*backoff, 50*time.Millisecond), time.Second)
 			select {
 			case <-ctx.Done():
@@ -93,7 +106,7 @@ func (s *subscriber) receive(ctx context.Context) {
 			if ho != nil {
 				ho.confirmed(ctx, s, m)
 			}
-			s.confirm(m)
+			s.confirm(l, m)
 		case *redis.Pong:
 			if ho != nil {
 				ho.pong(m)
@@ -149,9 +162,9 @@ const (
 
 var handovers atomic.Uint64 // numbers the markers
 
-// handOver starts replacing the silent connection old and returns the new
-// one, already asked to subscribe to every wanted room.
-func (s *subscriber) handOver(ctx context.Context, old *redis.PubSub) (*handover, *redis.PubSub) {
+// handOver starts replacing l's silent connection old and returns the new
+// one, already asked to subscribe to every wanted room of l.
+func (s *subscriber) handOver(ctx context.Context, l *link, old *redis.PubSub) (*handover, *redis.PubSub) {
 	ho := &handover{
 		old:       old,
 		marker:    "chat-handover-" + strconv.FormatUint(handovers.Add(1), 10),
@@ -161,37 +174,49 @@ func (s *subscriber) handOver(ctx context.Context, old *redis.PubSub) (*handover
 	}
 	s.wg.Go(func() { s.drain(ctx, ho) })
 
-	s.psMu.Lock()
-	defer s.psMu.Unlock()
-	if s.psClosed {
-		return ho, s.ps
+	defer s.closeDropped() // l, if it carries no room any more
+	l.psMu.Lock()
+	defer l.psMu.Unlock()
+	if l.closed {
+		return ho, l.ps
 	}
-	wanted := s.resubscribeAll()
+	wanted := s.resubscribeAll(l)
 	for _, room := range wanted {
 		ho.awaiting[room] = true
 	}
-	s.ps = s.redis.Subscribe(ctx, s.channels(wanted)...)
+	l.ps, _ = l.newPubSub(ctx, s.cluster != nil, s.channels(wanted)) // an error shows up in the next receive
 	if len(wanted) == 0 {
 		ho.mark(ctx)
 	}
-	return ho, s.ps
+	return ho, l.ps
 }
 
-// resubscribeAll prepares every room's state for a new connection that
-// subscribes to the wanted rooms, which it returns. A room stays confirmed:
+// resubscribeAll prepares the state of l's rooms for a new connection that
+// subscribes to the wanted ones, which it returns. A room stays confirmed:
 // the old connection still delivers it. The others are forgotten; the old
-// connection's end unsubscribes them.
-func (s *subscriber) resubscribeAll() []string {
+// connection's end unsubscribes them. Called with l.psMu held, so a link
+// this leaves empty is closed later, by closeDropped.
+func (s *subscriber) resubscribeAll(l *link) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var wanted []string
 	for room, st := range s.rooms {
+		if st.link != l {
+			continue
+		}
 		if !st.want {
+			s.setLinkLocked(st, nil)
 			delete(s.rooms, room)
 			continue
 		}
 		st.inFlight, st.resubscribe = true, true
 		wanted = append(wanted, room)
+	}
+	if s.cluster != nil {
+		l.pending = l.pending[:0] // the old connection's replies go unread
+		for _, room := range wanted {
+			l.pending = append(l.pending, command{room, true})
+		}
 	}
 	return wanted
 }
@@ -260,7 +285,7 @@ func (ho *handover) holds(m *redis.Message) bool {
 
 // poll runs on the reader between reads: once drain is done it delivers
 // the held messages and sends the second marker on ps, the new connection.
-func (ho *handover) poll(ctx context.Context, s *subscriber, ps *redis.PubSub) {
+func (ho *handover) poll(ctx context.Context, s *subscriber, l *link, ps *redis.PubSub) {
 	if ho.drained {
 		if time.Since(ho.newMarkedAt) > 4*s.pingEvery {
 			ho.finished = true // the marker was lost with a broken connection
@@ -275,7 +300,7 @@ func (ho *handover) poll(ctx context.Context, s *subscriber, ps *redis.PubSub) {
 	ho.drained = true
 	if ho.lost {
 		s.log.Warn("the silent subscription connection did not catch up: members told they may have missed messages")
-		s.resumeAll()
+		s.resumeAll(l)
 	} else {
 		s.log.Info("subscription connection replaced; nothing lost", "delivered_by_old", len(ho.delivered), "held", len(ho.held))
 	}
@@ -298,15 +323,15 @@ func (ho *handover) pong(m *redis.Pong) {
 	}
 }
 
-// resumeAll tells the owner that every wanted room may have missed
+// resumeAll tells the owner that every wanted room of l may have missed
 // messages: at once for those the new connection confirmed, at their
 // confirmation for the others.
-func (s *subscriber) resumeAll() {
+func (s *subscriber) resumeAll(l *link) {
 	var now []string
 	s.mu.Lock()
 	for room, st := range s.rooms {
 		switch {
-		case !st.want:
+		case st.link != l || !st.want:
 		case st.confirmed && !st.inFlight:
 			now = append(now, room)
 		default:

@@ -11,7 +11,8 @@ package chat
 //
 // They share only the key space below. Per room, Redis holds:
 //
-//   - chat:msg:{room}, the Pub/Sub channel of its messages;
+//   - chat:msg:{room}, the Pub/Sub channel of its messages (a shard
+//     channel with sharded Pub/Sub);
 //   - chat:room:{room}, a hash of the room's sequence (s: the seq of its
 //     last message) and epoch (e: a new one each time the key is created),
 //     with the room TTL;
@@ -20,13 +21,45 @@ package chat
 //   - chat:presence:{room}, a hash of who is there on which instance
 //     (presence.go).
 //
-// The {room} hash tag keeps them all in one Redis Cluster slot.
+// The {room} hash tag keeps them all in one Redis Cluster slot, so each
+// script runs on the one master that owns the room, and with sharded
+// Pub/Sub publishes there too.
 
 import (
+	"context"
 	"errors"
 	"net"
 	"strings"
+
+	"github.com/redis/go-redis/v9"
 )
+
+// pubsubMode is how an instance uses the rooms' channels: classic Pub/Sub
+// (PUBLISH, SUBSCRIBE), where every node of a Redis Cluster relays every
+// message, or Redis 7's sharded Pub/Sub (SPUBLISH, SSUBSCRIBE), where a
+// message stays on the shard that owns its room's slot.
+type pubsubMode bool
+
+const (
+	classicPubSub pubsubMode = false
+	shardedPubSub pubsubMode = true
+)
+
+// publishCommand names the command for scripts, which get it as an argument.
+func (m pubsubMode) publishCommand() string {
+	if m == shardedPubSub {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
+}
+
+// publish sends payload on channel outside a script.
+func (m pubsubMode) publish(ctx context.Context, rc redis.UniversalClient, channel string, payload any) error {
+	if m == shardedPubSub {
+		return rc.SPublish(ctx, channel, payload).Err()
+	}
+	return rc.Publish(ctx, channel, payload).Err()
+}
 
 // keyspace names the Redis keys and channels under a prefix. The {room} hash
 // tag keeps a room's key and channel in one Redis Cluster slot.

@@ -167,7 +167,7 @@ func (h *Handler) Kick(ctx context.Context, room, user string) error {
 	case !validUser(user):
 		return ErrInvalidUser
 	}
-	if err := h.redis.Publish(ctx, h.keys.channel(room), kickPayload(room, user)).Err(); err != nil {
+	if err := h.mode.publish(ctx, h.redis, h.keys.channel(room), kickPayload(room, user)); err != nil {
 		return fmt.Errorf("%w: kick %s from %s: %v", ErrUnavailable, user, room, err)
 	}
 	return nil
@@ -201,8 +201,8 @@ func (h *Handler) roomSubscribeFailed(room string) {
 	}
 }
 
-func (h *Handler) subscriptionsLost() {
+func (h *Handler) subscriptionsLost(rooms []string) {
 	h.roomsMu.Lock()
 	defer h.roomsMu.Unlock()
-	h.hub.subscriptionsLost()
+	h.hub.subscriptionsLost(rooms)
 }

@@ -2,7 +2,6 @@ package chat
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -23,22 +22,26 @@ type subscriptionEvents interface {
 	// roomSubscribeFailed: the SUBSCRIBE for room could not be sent; no
 	// confirmation will come for it.
 	roomSubscribeFailed(room string)
-	// subscriptionsLost: the connection failed or was replaced; until each
-	// room is confirmed again (roomSubscribed), messages may be missed.
-	subscriptionsLost()
+	// subscriptionsLost: the connection carrying rooms failed or was
+	// replaced, or they moved to another node; until each room is confirmed
+	// again (roomSubscribed), messages may be missed.
+	subscriptionsLost(rooms []string)
 }
 
-// subscriber owns the instance's one subscription connection (a PubSub on
-// the sub client) and keeps it subscribed to exactly the rooms its owner
-// wants (acquire, release). Two goroutines: reconcile sends SUBSCRIBE and
-// UNSUBSCRIBE as rooms gain their first or lose their last local member,
-// and receive is the connection's only reader.
+// subscriber keeps the instance's subscription connections subscribed to
+// exactly the rooms its owner wants (acquire, release). Its goroutines:
+// reconcile sends SUBSCRIBE and UNSUBSCRIBE as rooms gain their first or
+// lose their last local member, and each link (link.go) has one reader
+// (receive.go). With a Redis Cluster client, rooms are subscribed with
+// sharded Pub/Sub on the masters that own their slots, one link per master;
+// otherwise one classic link carries every room.
 //
 // go-redis's Subscribe returns before Redis confirms, and a confirmation is
 // the only proof that messages will arrive, so the subscriber tracks each
 // room's subscription itself (subState) and reports the confirmation.
 type subscriber struct {
 	redis    redis.UniversalClient
+	cluster  *redis.ClusterClient // sharded Pub/Sub: the sub client; nil for classic
 	keys     keyspace
 	activity *roomActivity
 	events   subscriptionEvents
@@ -47,17 +50,21 @@ type subscriber struct {
 
 	confirmTimeout time.Duration // bound on sending a command
 	keyTimeout     time.Duration // bound on setting the room keys before a SUBSCRIBE
-	pingEvery      time.Duration // liveness probe when the connection is idle
+	pingEvery      time.Duration // liveness probe when a connection is idle
 
-	mu    sync.Mutex
-	rooms map[string]*subState
-	dirty map[string]struct{} // rooms whose wanted state may differ from Redis's
-	wake  chan struct{}       // wakes reconcile; buffered, 1
+	mu      sync.Mutex
+	rooms   map[string]*subState
+	dirty   map[string]struct{} // rooms whose wanted state may differ from Redis's
+	wake    chan struct{}       // wakes reconcile; buffered, 1
+	classic *link               // the one link, for classic Pub/Sub; nil when sharded
+	links   map[string]*link    // sharded: by master address
+	toClose []*link             // dropped links, closed by unlock
+	closed  bool                // close ran: no new link
 
-	psMu     sync.Mutex    // serialises commands on ps and its replacement
-	ps       *redis.PubSub // nil until the first subscription
-	psReady  chan struct{} // closed when ps is first set
-	psClosed bool          // close ran: no new PubSub
+	// Sharded: rooms to place again once retryDelay has passed, because
+	// their node refused them, failed, or gave their slot away.
+	retry      map[string]struct{}
+	retryDelay time.Duration
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -68,15 +75,21 @@ type subscriber struct {
 // can be matched to the command it answers and a stale "unsubscribe" can
 // never be taken for a fresh "subscribe".
 type subState struct {
-	want        bool // the owner needs the room: it has a local member or joiner
-	confirmed   bool // Redis's last word on the room was "subscribe"
-	inFlight    bool // a command for the room awaits its reply
-	resubscribe bool // our last command was SUBSCRIBE: go-redis resubscribes it after a reconnect
-	interrupted bool // was confirmed when the connection was lost: next confirmation resumes
+	want        bool  // the owner needs the room: it has a local member or joiner
+	confirmed   bool  // Redis's last word on the room was "subscribe"
+	inFlight    bool  // a command for the room awaits its reply
+	resubscribe bool  // our last command was SUBSCRIBE: go-redis resubscribes it after a reconnect
+	interrupted bool  // was confirmed when its connection was lost: next confirmation resumes
+	link        *link // the connection its last command went on; nil: none
 }
 
-func newSubscriber(client redis.UniversalClient, keys keyspace, activity *roomActivity, events subscriptionEvents, cfg *config, log *slog.Logger, stats *counters) *subscriber {
-	return &subscriber{
+const (
+	minRetryDelay = 50 * time.Millisecond
+	maxRetryDelay = time.Second
+)
+
+func newSubscriber(client redis.UniversalClient, sharded bool, keys keyspace, activity *roomActivity, events subscriptionEvents, cfg *config, log *slog.Logger, stats *counters) *subscriber {
+	s := &subscriber{
 		redis: client, keys: keys, activity: activity, events: events, log: log, stats: stats,
 		confirmTimeout: cfg.subscribeTimeout,
 		keyTimeout:     cfg.publishTimeout,
@@ -84,32 +97,41 @@ func newSubscriber(client redis.UniversalClient, keys keyspace, activity *roomAc
 		rooms:          make(map[string]*subState),
 		dirty:          make(map[string]struct{}),
 		wake:           make(chan struct{}, 1),
-		psReady:        make(chan struct{}),
+		links:          make(map[string]*link),
+		retry:          make(map[string]struct{}),
 		stop:           func() {},
 	}
+	if sharded {
+		s.cluster = client.(*redis.ClusterClient)
+	} else {
+		s.classic = newLink("", client)
+	}
+	return s
 }
 
-// start runs the subscriber's two goroutines until close.
+// start runs the subscriber's goroutines until close.
 func (s *subscriber) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
 	s.wg.Go(func() { s.reconcileLoop(ctx) })
-	s.wg.Go(func() { s.receive(ctx) })
+	if s.classic != nil {
+		s.startLink(s.classic)
+	}
 }
 
-// close ends the subscription connection (Redis drops its subscriptions)
-// and waits for the goroutines. Closing the connection also wakes the
-// reader from a pending read.
+// close ends every subscription connection (Redis drops their
+// subscriptions) and waits for the goroutines.
 func (s *subscriber) close() {
 	s.stop()
-	s.psMu.Lock()
-	s.psClosed = true
-	if s.ps != nil {
-		if err := s.ps.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
-			s.log.Debug("closing the subscription connection", "err", err)
-		}
+	s.mu.Lock()
+	s.closed = true
+	for _, l := range s.links {
+		s.dropLinkLocked(l)
 	}
-	s.psMu.Unlock()
+	if s.classic != nil {
+		s.toClose = append(s.toClose, s.classic)
+	}
+	s.unlock()
 	s.wg.Wait()
 }
 
@@ -151,26 +173,47 @@ func (s *subscriber) markDirtyLocked(room string) {
 }
 
 // reconcileLoop brings Redis in line with the rooms wanted, one batch of
-// SUBSCRIBE and one of UNSUBSCRIBE per wake-up.
+// commands per wake-up, and places the rooms waiting for a retry once their
+// delay is up.
 func (s *subscriber) reconcileLoop(ctx context.Context) {
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	retrying := false
 	for {
 		select {
 		case <-ctx.Done():
+			retry.Stop()
 			return
 		case <-s.wake:
+		case <-retry.C:
+			retrying = false
+			s.mu.Lock()
+			for room := range s.retry {
+				s.dirty[room] = struct{}{}
+			}
+			clear(s.retry)
+			s.retryDelay = min(2*s.retryDelay, maxRetryDelay)
+			s.mu.Unlock()
 		}
 		s.reconcile(ctx)
+		s.mu.Lock()
+		if len(s.retry) > 0 && !retrying {
+			retrying = true
+			retry.Reset(s.retryDelay)
+		}
+		s.mu.Unlock()
 	}
 }
 
-// reconcile sends what the rooms marked dirty need. psMu is held only for
-// the commands: never across the room keys' round trip on the pub client,
-// which could otherwise hold up the reader's replacement of a silent
-// connection. A replacement that slips in between resubscribes the rooms
-// itself; the extra SUBSCRIBE or UNSUBSCRIBE then only earns a redundant
-// confirmation.
+// reconcile sends what the rooms marked dirty need. A link's psMu is held
+// only for its commands: never across the room keys' round trip on the pub
+// client, which could otherwise hold up the reader's replacement of a
+// silent connection. A replacement that slips in between resubscribes the
+// rooms itself; the extra SUBSCRIBE or UNSUBSCRIBE then only earns a
+// redundant confirmation.
 func (s *subscriber) reconcile(ctx context.Context) {
-	var toSubscribe, toUnsubscribe []string
+	var toSubscribe []string
+	toUnsubscribe := make(map[*link][]string)
 	s.mu.Lock()
 	for room := range s.dirty {
 		st := s.rooms[room]
@@ -182,13 +225,14 @@ func (s *subscriber) reconcile(ctx context.Context) {
 			toSubscribe = append(toSubscribe, room)
 		case !st.want && st.confirmed:
 			st.inFlight, st.resubscribe = true, false
-			toUnsubscribe = append(toUnsubscribe, room)
+			toUnsubscribe[st.link] = append(toUnsubscribe[st.link], room)
 		case !st.want && !st.confirmed:
+			s.setLinkLocked(st, nil)
 			delete(s.rooms, room)
 		}
 		delete(s.dirty, room)
 	}
-	s.mu.Unlock()
+	s.unlock()
 
 	if len(toSubscribe) > 0 {
 		// The key first, so that a room is active once a joiner hears "joined".
@@ -199,66 +243,90 @@ func (s *subscriber) reconcile(ctx context.Context) {
 		}
 		cancel()
 	}
-	var subErr, unsubErr error
-	s.psMu.Lock()
-	if len(toSubscribe) > 0 {
-		s.log.Debug("subscribing", "rooms", toSubscribe)
-		subErr = s.subscribeLocked(ctx, toSubscribe)
-	}
-	if len(toUnsubscribe) > 0 {
-		s.log.Debug("unsubscribing", "rooms", toUnsubscribe)
-		unsubErr = s.unsubscribeLocked(ctx, toUnsubscribe)
-	}
-	s.psMu.Unlock()
-
-	if ctx.Err() != nil {
-		return // closing: the connection's end drops every subscription
-	}
-	if subErr != nil {
-		s.stats.redisErrors.Add(1)
-		s.log.Warn("subscribe failed", "rooms", toSubscribe, "err", subErr)
-		s.commandFailed(toSubscribe)
-		for _, room := range toSubscribe {
-			s.events.roomSubscribeFailed(room)
+	for l, rooms := range s.place(ctx, toSubscribe) {
+		var err error
+		if l == nil {
+			err = errNoLink
+		} else {
+			s.log.Debug("subscribing", "rooms", rooms, "node", l.node)
+			err = s.send(ctx, l, rooms, true)
+		}
+		if err != nil && ctx.Err() == nil {
+			s.stats.redisErrors.Add(1)
+			s.log.Warn("subscribe failed", "rooms", rooms, "err", err)
+			s.commandFailed(rooms)
+			for _, room := range rooms {
+				s.events.roomSubscribeFailed(room)
+			}
 		}
 	}
-	if unsubErr != nil {
-		// go-redis forgets the channels anyway, so they are not
-		// resubscribed when the connection comes back.
-		s.stats.redisErrors.Add(1)
-		s.log.Warn("unsubscribe failed", "rooms", toUnsubscribe, "err", unsubErr)
-		s.commandFailed(toUnsubscribe)
+	for l, rooms := range toUnsubscribe {
+		s.log.Debug("unsubscribing", "rooms", rooms, "node", l.node)
+		if err := s.send(ctx, l, rooms, false); err != nil && ctx.Err() == nil {
+			// go-redis forgets the channels anyway, so they are not
+			// resubscribed when the connection comes back.
+			s.stats.redisErrors.Add(1)
+			s.log.Warn("unsubscribe failed", "rooms", rooms, "err", err)
+			s.commandFailed(rooms)
+		}
 	}
 }
 
-// subscribeLocked sends SUBSCRIBE for rooms and waits for nothing: the
-// reader sees the confirmations. Called with psMu held.
-func (s *subscriber) subscribeLocked(ctx context.Context, rooms []string) error {
-	if s.psClosed {
-		return redis.ErrClosed
+// place finds each room's link (linkFor) and records it; rooms that have
+// none (the cluster cannot be asked) come back under nil.
+func (s *subscriber) place(ctx context.Context, rooms []string) map[*link][]string {
+	placed := make(map[*link][]string)
+	for _, room := range rooms {
+		l, err := s.linkFor(ctx, room)
+		if err != nil {
+			s.log.Warn("cannot find the room's node", "room", room, "err", err)
+			l = nil
+		}
+		placed[l] = append(placed[l], room)
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.confirmTimeout)
-	defer cancel()
-	if s.ps == nil {
-		// Created with its first channels, never empty: an empty PubSub on
-		// some client kinds (Ring) panics, and on a Cluster it would pin a
-		// random node. Its errors surface in the reader; the join timeout
-		// covers them.
-		s.ps = s.redis.Subscribe(ctx, s.channels(rooms)...)
-		close(s.psReady)
-		return nil
+	s.mu.Lock()
+	for l, rooms := range placed {
+		for _, room := range rooms {
+			if st := s.rooms[room]; st != nil && l != nil {
+				s.setLinkLocked(st, l)
+			}
+		}
 	}
-	return s.ps.Subscribe(ctx, s.channels(rooms)...)
+	s.unlock()
+	return placed
 }
 
-// unsubscribeLocked sends UNSUBSCRIBE for rooms. Called with psMu held.
-func (s *subscriber) unsubscribeLocked(ctx context.Context, rooms []string) error {
-	if s.psClosed || s.ps == nil {
-		return redis.ErrClosed
-	}
+// send sends SUBSCRIBE (subscribe true) or UNSUBSCRIBE for rooms on l,
+// bounded by the confirm timeout, and waits for no reply.
+func (s *subscriber) send(ctx context.Context, l *link, rooms []string, subscribe bool) error {
 	ctx, cancel := context.WithTimeout(ctx, s.confirmTimeout)
 	defer cancel()
-	return s.ps.Unsubscribe(ctx, s.channels(rooms)...)
+	l.psMu.Lock()
+	defer l.psMu.Unlock()
+	sharded := s.cluster != nil
+	if sharded {
+		// Recorded before the write: the reply may be read before it returns.
+		s.mu.Lock()
+		for _, room := range rooms {
+			l.pending = append(l.pending, command{room, subscribe})
+		}
+		s.mu.Unlock()
+	}
+	var err error
+	if subscribe {
+		err = l.subscribe(ctx, sharded, s.channels(rooms))
+	} else {
+		err = l.unsubscribe(ctx, sharded, s.channels(rooms))
+	}
+	if err != nil && sharded {
+		// The link's connection failed: linkLost follows.
+		s.mu.Lock()
+		for _, room := range rooms {
+			l.answered(room, subscribe)
+		}
+		s.mu.Unlock()
+	}
+	return err
 }
 
 func (s *subscriber) channels(rooms []string) []string {
@@ -269,85 +337,115 @@ func (s *subscriber) channels(rooms []string) []string {
 	return channels
 }
 
-// commandFailed: no reply will come for rooms' commands.
+// commandFailed: no reply will come for rooms' commands. go-redis keeps a
+// classic channel it failed to subscribe and subscribes it on reconnect; an
+// unsubscribed one it forgets. A sharded room is placed again later.
 func (s *subscriber) commandFailed(rooms []string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.unlock()
 	for _, room := range rooms {
-		if st := s.rooms[room]; st != nil {
-			st.inFlight = false
-			st.confirmed = false
-			// go-redis keeps a channel it failed to subscribe and subscribes
-			// it on reconnect; an unsubscribed one it forgets.
+		st := s.rooms[room]
+		if st == nil {
+			continue
+		}
+		st.inFlight = false
+		st.confirmed = false
+		switch {
+		case !st.want:
+			s.setLinkLocked(st, nil)
+			delete(s.rooms, room)
+		case s.cluster != nil:
+			s.setLinkLocked(st, nil)
+			s.retryLocked(room)
 		}
 	}
 }
 
-// confirm applies Redis's reply to a SUBSCRIBE or UNSUBSCRIBE.
-func (s *subscriber) confirm(m *redis.Subscription) {
+// confirm applies Redis's reply, read on l, to a SUBSCRIBE or UNSUBSCRIBE,
+// and a sunsubscribe that Redis pushed by itself because the room's slot
+// moved.
+func (s *subscriber) confirm(l *link, m *redis.Subscription) {
 	room, ok := s.keys.roomOf(m.Channel)
 	if !ok {
 		return
 	}
 	s.mu.Lock()
 	st := s.rooms[room]
-	if st == nil {
-		st = &subState{}
-		s.rooms[room] = st
-	}
-	st.inFlight = false
 	switch m.Kind {
-	case "subscribe":
+	case "subscribe", "ssubscribe":
+		l.answered(room, true)
+		if st == nil {
+			// Subscribed but forgotten meanwhile: unsubscribe it.
+			st = &subState{}
+			s.rooms[room] = st
+			s.setLinkLocked(st, l)
+		} else if st.link != l {
+			// A late answer from a node the room has left; that node
+			// owns it no more, so nothing will come from there.
+			s.unlock()
+			return
+		}
+		st.inFlight = false
 		st.confirmed = true
+		s.retryDelay = 0
 		resumed := st.interrupted
 		st.interrupted = false
 		if !st.want {
 			s.markDirtyLocked(room) // unwanted meanwhile: unsubscribe
-			s.mu.Unlock()
+			s.unlock()
 			return
 		}
-		s.mu.Unlock()
+		s.unlock()
 		if resumed {
-			s.log.Info("resubscribed after a lost connection; members told they may have missed messages", "room", room)
+			s.log.Info("resubscribed; members told they may have missed messages, the gap filled from the history where there is one", "room", room)
 		}
 		s.events.roomSubscribed(room, resumed)
-	case "unsubscribe":
-		st.confirmed = false
-		s.markDirtyLocked(room) // wanted again meanwhile, or to forget
-		s.mu.Unlock()
+	case "unsubscribe", "sunsubscribe":
+		requested := s.cluster == nil || l.answered(room, false)
+		switch {
+		case st == nil || st.link != l:
+			s.unlock()
+		case !requested && st.confirmed:
+			s.roomMoved(room, st)
+			s.unlock()
+			s.events.subscriptionsLost([]string{room})
+		default:
+			st.inFlight = false
+			st.confirmed = false
+			s.markDirtyLocked(room) // wanted again meanwhile, or to forget
+			s.unlock()
+		}
 	default:
-		s.mu.Unlock()
+		s.unlock()
 	}
 }
 
-// connectionLost resets every room's state after the subscription
+// connectionLost resets the state of l's rooms after the classic
 // connection failed: no reply is coming for the commands sent on it. A new
-// confirmation comes for the rooms go-redis resubscribes by itself (replaced
-// false: those whose last command was SUBSCRIBE), or for every wanted room
-// when the subscriber made a new PubSub (replaced true, the rooms returned).
-// Other wanted rooms are left to reconcile. The caller reports
+// confirmation comes for the rooms go-redis resubscribes by itself, those
+// whose last command was SUBSCRIBE; other wanted rooms are left to
+// reconcile. It returns the rooms affected, for the caller to report with
 // subscriptionsLost once it holds no lock.
-func (s *subscriber) connectionLost(replaced bool) []string {
+func (s *subscriber) connectionLost(l *link) (lost []string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	var wanted []string
+	defer s.unlock()
 	for room, st := range s.rooms {
+		if st.link != l && st.link != nil {
+			continue
+		}
+		lost = append(lost, room)
 		if st.confirmed {
 			st.interrupted = true
 		}
 		st.confirmed = false
-		if replaced {
-			st.resubscribe = st.want
-		}
 		st.inFlight = st.resubscribe
 		switch {
-		case st.want && st.resubscribe:
-			wanted = append(wanted, room)
-		case st.want:
+		case st.want && !st.resubscribe:
 			s.markDirtyLocked(room)
-		case !st.inFlight:
+		case !st.want && !st.inFlight:
+			s.setLinkLocked(st, nil)
 			delete(s.rooms, room)
 		}
 	}
-	return wanted
+	return lost
 }

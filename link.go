@@ -1,0 +1,322 @@
+package chat
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// A link is one subscription connection and the goroutine that reads it
+// (receive.go). With classic Pub/Sub the subscriber has one link, for every
+// room: any node of a deployment delivers every channel. With sharded
+// Pub/Sub (a Redis Cluster) a channel is delivered only by the master that
+// owns its slot, so the subscriber keeps one link per master that owns a
+// slot of one of its rooms, and closes a link once it carries no room.
+//
+// A link's commands are serialised by psMu, which also guards its
+// replacement by a handover. psMu comes before subscriber.mu.
+type link struct {
+	node   string                // the master's address (sharded); "" for the classic link
+	client redis.UniversalClient // where its PubSubs come from: the sub client, or the master's node client
+	stop   context.CancelFunc    // ends its reader
+
+	psMu   sync.Mutex
+	ps     *redis.PubSub // nil until the classic link's first subscription
+	ready  chan struct{} // closed when ps is first set
+	closed bool          // close ran: no new PubSub
+
+	// Guarded by subscriber.mu.
+	rooms   int      // rooms whose subState.link is this link
+	pending []command // sharded: commands awaiting their reply on ps, oldest first
+	dropped bool     // taken out of subscriber.links
+}
+
+// A command is an SSUBSCRIBE (subscribe) or SUNSUBSCRIBE of one room's
+// channel. Redis answers a sharded link's commands in order, and an error
+// reply (MOVED, CLUSTERDOWN) does not name its channel: the oldest command
+// still waiting is the one it answers.
+type command struct {
+	room      string
+	subscribe bool
+}
+
+// answered removes the oldest command for room of the given kind and
+// reports whether there was one. Called with subscriber.mu held.
+func (l *link) answered(room string, subscribe bool) bool {
+	i := slices.Index(l.pending, command{room, subscribe})
+	if i >= 0 {
+		l.pending = slices.Delete(l.pending, i, i+1)
+	}
+	return i >= 0
+}
+
+func newLink(node string, client redis.UniversalClient) *link {
+	return &link{node: node, client: client, ready: make(chan struct{}), stop: func() {}}
+}
+
+// close ends the link's connection (Redis drops its subscriptions) and its
+// reader. Closing the connection also wakes the reader from a pending read.
+func (l *link) close() error {
+	l.stop()
+	l.psMu.Lock()
+	defer l.psMu.Unlock()
+	l.closed = true
+	if l.ps == nil {
+		return nil
+	}
+	if err := l.ps.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+// newPubSub opens a new connection subscribed to channels. Called with
+// psMu held.
+//
+// A classic PubSub is created with its first channels, never empty: an
+// empty PubSub on some client kinds (Ring) panics, and on a Cluster it would
+// pin a random node. A sharded link's client is a single node's, where an
+// empty PubSub is fine; each SSUBSCRIBE names one channel, because one
+// command may not span slots, and go-redis's own resubscription after a
+// reconnect would name them all at once (CROSSSLOT), so a sharded link is
+// never reconnected: it is replaced (see linkLost).
+func (l *link) newPubSub(ctx context.Context, sharded bool, channels []string) (*redis.PubSub, error) {
+	if !sharded {
+		return l.client.Subscribe(ctx, channels...), nil
+	}
+	ps := l.client.SSubscribe(ctx)
+	for _, ch := range channels {
+		if err := ps.SSubscribe(ctx, ch); err != nil {
+			return ps, err
+		}
+	}
+	return ps, nil
+}
+
+// subscribe sends SUBSCRIBE (SSUBSCRIBE) for channels and waits for no
+// reply: the reader sees the confirmations. Called with psMu held.
+func (l *link) subscribe(ctx context.Context, sharded bool, channels []string) error {
+	switch {
+	case l.closed:
+		return redis.ErrClosed
+	case l.ps == nil:
+		ps, err := l.newPubSub(ctx, sharded, channels)
+		l.ps = ps
+		close(l.ready)
+		return err
+	case !sharded:
+		return l.ps.Subscribe(ctx, channels...)
+	}
+	for _, ch := range channels {
+		if err := l.ps.SSubscribe(ctx, ch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unsubscribe sends UNSUBSCRIBE (SUNSUBSCRIBE) for channels. Called with
+// psMu held.
+func (l *link) unsubscribe(ctx context.Context, sharded bool, channels []string) error {
+	switch {
+	case l.closed || l.ps == nil:
+		return redis.ErrClosed
+	case sharded:
+		for _, ch := range channels { // one slot per command
+			if err := l.ps.SUnsubscribe(ctx, ch); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return l.ps.Unsubscribe(ctx, channels...)
+}
+
+// linkFor returns the link room must be subscribed on: the classic link,
+// or, in sharded mode, the link to the master that owns the room's slot as
+// the cluster client last saw it, created if need be. A stale view is
+// corrected by the master's MOVED reply or pushed sunsubscribe.
+func (s *subscriber) linkFor(ctx context.Context, room string) (*link, error) {
+	if s.cluster == nil {
+		return s.classic, nil
+	}
+	node, err := s.cluster.MasterForKey(ctx, s.keys.channel(room))
+	if err != nil {
+		return nil, err
+	}
+	addr := node.Options().Addr
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, redis.ErrClosed
+	}
+	if l := s.links[addr]; l != nil {
+		return l, nil
+	}
+	l := newLink(addr, node)
+	l.ps = node.SSubscribe(ctx) // no channel: no connection yet
+	close(l.ready)
+	s.links[addr] = l
+	s.startLink(l)
+	s.log.Info("opening a sharded subscription connection", "node", addr)
+	return l, nil
+}
+
+// startLink runs l's reader until l closes; the subscriber's close closes
+// every link.
+func (s *subscriber) startLink(l *link) {
+	ctx, cancel := context.WithCancel(context.Background())
+	l.stop = cancel
+	s.wg.Go(func() { s.receive(ctx, l) })
+}
+
+// setLinkLocked moves st onto l (nil: none), keeping the links' room
+// counts; a sharded link left carrying nothing is dropped, to be closed by
+// unlock.
+func (s *subscriber) setLinkLocked(st *subState, l *link) {
+	if st.link == l {
+		return
+	}
+	if old := st.link; old != nil {
+		old.rooms--
+		if old.rooms == 0 && old != s.classic {
+			s.dropLinkLocked(old)
+		}
+	}
+	st.link = l
+	if l != nil {
+		l.rooms++
+	}
+}
+
+// dropLinkLocked takes l out of use; unlock closes it.
+func (s *subscriber) dropLinkLocked(l *link) {
+	if l.dropped {
+		return
+	}
+	l.dropped = true
+	if s.links[l.node] == l {
+		delete(s.links, l.node)
+	}
+	s.toClose = append(s.toClose, l)
+}
+
+// unlock releases s.mu, then closes the links dropped meanwhile: closing
+// takes a link's psMu, which comes before s.mu.
+func (s *subscriber) unlock() {
+	drop, closing := s.toClose, s.closed
+	s.toClose = nil
+	s.mu.Unlock()
+	for _, l := range drop {
+		if !closing {
+			s.log.Info("closing a sharded subscription connection: its node carries none of this instance's rooms now", "node", l.node)
+		}
+		if err := l.close(); err != nil {
+			s.log.Debug("closing a subscription connection", "node", l.node, "err", err)
+		}
+	}
+}
+
+// linkLost handles a sharded link whose connection failed: its node may be
+// gone (a failover) or no longer own the rooms. Its rooms are placed again
+// after a fresh look at the cluster, and confirmed as resumed. Called on
+// l's reader, which returns next.
+func (s *subscriber) linkLost(l *link, err error) {
+	s.stats.subscriptionReconnects.Add(1)
+	s.log.Warn("sharded subscription connection lost: subscribing its rooms again where the cluster now places them", "node", l.node, "err", err)
+	s.cluster.ReloadState(context.Background())
+	var lost []string
+	s.mu.Lock()
+	for room, st := range s.rooms {
+		if st.link != l {
+			continue
+		}
+		lost = append(lost, room)
+		s.unplaceLocked(room, st)
+	}
+	s.dropLinkLocked(l)
+	s.unlock()
+	s.events.subscriptionsLost(lost)
+}
+
+// roomMoved handles a sunsubscribe that the subscriber did not ask for:
+// the room's slot moved to another master (resharding) or its node stopped
+// being a master (failover).
+func (s *subscriber) roomMoved(room string, st *subState) {
+	s.log.Info("room's slot moved: subscribing it on its new owner", "room", room, "node", st.link.node)
+	s.cluster.ReloadState(context.Background())
+	s.unplaceLocked(room, st)
+}
+
+// unplaceLocked forgets where st was subscribed; a wanted room is placed
+// again after retryDelay (the cluster's view needs a moment to refresh),
+// and its next confirmation resumes it.
+func (s *subscriber) unplaceLocked(room string, st *subState) {
+	if st.confirmed {
+		st.interrupted = true
+	}
+	st.confirmed, st.inFlight = false, false
+	s.setLinkLocked(st, nil)
+	if !st.want {
+		delete(s.rooms, room)
+		return
+	}
+	s.retryLocked(room)
+}
+
+// rejected handles an error reply on a sharded link: the answer to the
+// oldest command awaiting one (MOVED after a stale view of the cluster,
+// CLUSTERDOWN during a failover). A refused SSUBSCRIBE is placed again
+// later; a refused SUNSUBSCRIBE leaves nothing subscribed on this node.
+func (s *subscriber) rejected(l *link, err error) {
+	s.mu.Lock()
+	defer s.unlock()
+	if len(l.pending) == 0 {
+		s.log.Warn("unexpected error on a sharded subscription connection", "node", l.node, "err", err)
+		return
+	}
+	cmd := l.pending[0]
+	l.pending = l.pending[1:]
+	if strings.Contains(err.Error(), "unknown command") {
+		s.log.Error("Redis has no sharded Pub/Sub (Redis 7 has); use chat.WithClassicPubSub with this cluster", "node", l.node, "err", err)
+	} else {
+		s.log.Info("Redis refused a subscription command: placing the room again", "room", cmd.room, "node", l.node, "err", err)
+	}
+	s.cluster.ReloadState(context.Background())
+	st := s.rooms[cmd.room]
+	switch {
+	case st == nil || st.link != l || !st.inFlight:
+	case cmd.subscribe:
+		s.unplaceLocked(cmd.room, st)
+	default:
+		st.inFlight, st.confirmed = false, false
+		s.setLinkLocked(st, nil)
+		s.markDirtyLocked(cmd.room) // wanted again meanwhile, or to forget
+	}
+}
+
+// retryLocked places room again after retryDelay, which grows while
+// placements fail and is reset by a confirmation.
+func (s *subscriber) retryLocked(room string) {
+	s.retry[room] = struct{}{}
+	if s.retryDelay == 0 {
+		s.retryDelay = minRetryDelay
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+var errNoLink = errors.New("no subscription connection")
+
+// closeDropped closes the links dropped by callers that could not: those
+// holding a link's psMu.
+func (s *subscriber) closeDropped() {
+	s.mu.Lock()
+	s.unlock()
+}
