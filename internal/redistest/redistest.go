@@ -39,19 +39,20 @@ type Server struct {
 	logPath string
 	args    []string // extra arguments given to Start
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd     // current process, nil when killed
-	done chan struct{} // closed when cmd has been waited for
+	mu    sync.Mutex
+	cmd   *exec.Cmd     // current process, nil when killed
+	done  chan struct{} // closed when cmd has been waited for
+	admin *redis.Client // the package's own client for Addr, made on first use
 }
 
-// skipped counts the tests Start skipped, for ReportSkips.
+// skipped counts the tests Start and StartCluster skipped, for ReportSkips.
 var skipped atomic.Int64
 
-// ReportSkips prints one line if Start skipped tests for want of
-// redis-server, so that a plain "ok" does not hide them. Call it from
-// TestMain after m.Run. go test shows a passing package's output only with
-// -v, so the line goes to the terminal (/dev/tty) when there is one, and to
-// standard output otherwise.
+// ReportSkips prints one line if Start or StartCluster skipped tests for
+// want of redis-server or redis-cli, so that a plain "ok" does not hide
+// them. Call it from TestMain after m.Run. go test shows a passing
+// package's output only with -v, so the line goes to the terminal
+// (/dev/tty) when there is one, and to standard output otherwise.
 func ReportSkips() {
 	if skipped.Load() == 0 {
 		return
@@ -65,7 +66,7 @@ func ReportSkips() {
 }
 
 func reportSkips(w io.Writer, n int64) {
-	fmt.Fprintf(w, "%s: %d tests against a real Redis were SKIPPED: redis-server is not in PATH; install it (apt-get install redis-server) to run them, or set CHAT_REQUIRE_REDIS=1 to make that a failure\n", filepath.Base(os.Args[0]), n)
+	fmt.Fprintf(w, "%s: %d tests against a real Redis or Redis Cluster were SKIPPED: redis-server or redis-cli is not in PATH; install them (apt-get install redis-server) to run them, or set CHAT_REQUIRE_REDIS=1 to make that a failure (CHAT_REQUIRE_CLUSTER=1 for the cluster tests only)\n", filepath.Base(os.Args[0]), n)
 }
 
 // Start starts `redis-server --port P --bind 127.0.0.1 --save ""
@@ -78,35 +79,63 @@ func reportSkips(w io.Writer, n int64) {
 // waited for.
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
+	bins := requireBinaries(t, []string{"CHAT_REQUIRE_REDIS"},
+		"install it (apt-get install redis-server) or set CHAT_REQUIRE_REDIS=1 to make this a failure",
+		"redis-server")
+	s, err := launch(t, bins[0], freePort, args)
 	if err != nil {
-		const msg = "redis-server not found in PATH; install it (apt-get install redis-server) or set CHAT_REQUIRE_REDIS=1 to make this a failure"
-		if os.Getenv("CHAT_REQUIRE_REDIS") == "1" {
-			t.Fatalf("CHAT_REQUIRE_REDIS=1 but redis-server not found in PATH: %v", err)
+		t.Fatalf("redistest.Start: %v", err)
+	}
+	return s
+}
+
+// requireBinaries looks up each named program in PATH and returns their
+// paths. If one is missing the test is skipped (and counted for
+// ReportSkips) with a message naming it followed by hint, or fails instead
+// when any of the environment variables in require is "1".
+func requireBinaries(t testing.TB, require []string, hint string, names ...string) []string {
+	t.Helper()
+	paths := make([]string, len(names))
+	for i, name := range names {
+		p, err := exec.LookPath(name)
+		if err == nil {
+			paths[i] = p
+			continue
+		}
+		for _, env := range require {
+			if os.Getenv(env) == "1" {
+				t.Fatalf("%s=1 but %s not found in PATH: %v", env, name, err)
+			}
 		}
 		skipped.Add(1)
-		t.Skip(msg)
+		t.Skipf("%s not found in PATH; %s", name, hint)
 	}
+	return paths
+}
+
+// launch starts a Server running bin with args on a port from pickPort,
+// in its own t.TempDir, killed at t.Cleanup. A port can be taken between
+// pickPort probing it and the server binding it, so a server that fails
+// because an address is in use is tried again on another port, a few times.
+func launch(t testing.TB, bin string, pickPort func() (int, error), args []string) (*Server, error) {
 	dir := t.TempDir()
 	s := &Server{bin: bin, dir: dir, logPath: filepath.Join(dir, "redis.log"), args: args}
-	t.Cleanup(func() { s.stop() })
-	// The free port can be taken between probing and binding: retry a little.
+	t.Cleanup(s.close)
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		port, err := freePort()
+		port, err := pickPort()
 		if err != nil {
-			t.Fatalf("redistest.Start: %v", err)
+			return nil, fmt.Errorf("picking a port: %w", err)
 		}
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		if lastErr = s.start(); lastErr == nil {
-			return s
+			return s, nil
 		}
 		if !strings.Contains(s.tail(), "in use") {
 			break
 		}
 	}
-	t.Fatalf("redistest.Start: %v\n--- redis.log tail ---\n%s", lastErr, s.tail())
-	return nil
+	return nil, fmt.Errorf("%w\n--- redis.log tail ---\n%s", lastErr, s.tail())
 }
 
 // Kill sends SIGKILL to the server and waits for it to exit. Addr stays the
@@ -175,6 +204,44 @@ func (s *Server) start() error {
 			return fmt.Errorf("redis-server on %s exited before answering PING (%v)", s.Addr, cmd.ProcessState)
 		case <-tick.C:
 		}
+	}
+}
+
+// alive reports whether the server's process runs (it was not killed).
+func (s *Server) alive() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cmd != nil
+}
+
+// adminClient returns the client the package uses for its own commands to
+// s (cluster set-up and inspection), so that polling does not pile up
+// clients; it is closed at t.Cleanup. Its timeouts are short because it
+// also asks nodes that may hang or have just been killed.
+func (s *Server) adminClient() *redis.Client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.admin == nil {
+		s.admin = redis.NewClient(&redis.Options{
+			Addr:         s.Addr,
+			DialTimeout:  time.Second,
+			ReadTimeout:  3 * time.Second, // longer than MIGRATE's timeout
+			WriteTimeout: time.Second,
+			PoolSize:     2,
+		})
+	}
+	return s.admin
+}
+
+// close kills the server and closes the package's client for it.
+func (s *Server) close() {
+	s.stop()
+	s.mu.Lock()
+	c := s.admin
+	s.admin = nil
+	s.mu.Unlock()
+	if c != nil {
+		_ = c.Close()
 	}
 }
 

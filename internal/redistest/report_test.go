@@ -5,11 +5,16 @@ import (
 	"testing"
 )
 
-// The report names how many tests were skipped and how to run them.
+// The report names how many tests were skipped, for want of what, and how
+// to run them.
 func TestReportSkips(t *testing.T) {
 	var b strings.Builder
 	reportSkips(&b, 15)
-	if got := b.String(); !strings.Contains(got, "15 tests") || !strings.Contains(got, "apt-get install redis-server") || !strings.Contains(got, "CHAT_REQUIRE_REDIS=1") {
-		t.Errorf("report = %q", got)
+	got := b.String()
+	for _, want := range []string{"15 tests", "Redis Cluster", "redis-server", "redis-cli",
+		"apt-get install redis-server", "CHAT_REQUIRE_REDIS=1", "CHAT_REQUIRE_CLUSTER=1"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("report lacks %q: %q", want, got)
+		}
 	}
 }
