@@ -146,7 +146,7 @@ func New(pub, sub redis.UniversalClient, opts ...Option) *Handler {
 		h.presence.enqueue(presenceOp{room: room, user: user, joined: here})
 	}
 	h.pub = newPublisher(pub, h.mode, keys, h.id, &h.cfg, h.log, &h.stats)
-	h.sub = newSubscriber(sub, h.mode == shardedPubSub, keys, h.activity, h, &h.cfg, h.log, &h.stats)
+	h.sub = newSubscriber(sub, h.mode == shardedPubSub, keys, h, &h.cfg, h.log, &h.stats)
 
 	h.pub.start()
 	h.sub.start()

@@ -162,7 +162,7 @@ func (s *subscriber) linkFor(ctx context.Context, room string) (*link, error) {
 	close(l.ready)
 	s.links[addr] = l
 	s.startLink(l)
-	s.log.Info("opening a sharded subscription connection", "node", addr)
+	s.log.Debug("opening a sharded subscription connection", "node", addr)
 	return l, nil
 }
 
@@ -213,7 +213,7 @@ func (s *subscriber) unlock() {
 	s.mu.Unlock()
 	for _, l := range drop {
 		if !closing {
-			s.log.Info("closing a sharded subscription connection: its node carries none of this instance's rooms now", "node", l.node)
+			s.log.Debug("closing a sharded subscription connection: its node carries none of this instance's rooms now", "node", l.node)
 		}
 		if err := l.close(); err != nil {
 			s.log.Debug("closing a subscription connection", "node", l.node, "err", err)
@@ -227,7 +227,7 @@ func (s *subscriber) unlock() {
 // l's reader, which returns next.
 func (s *subscriber) linkLost(l *link, err error) {
 	s.stats.subscriptionReconnects.Add(1)
-	s.log.Warn("sharded subscription connection lost: subscribing its rooms again where the cluster now places them", "node", l.node, "err", err)
+	s.logRetry("sharded subscription connection lost: subscribing its rooms again where the cluster now places them", "node", l.node, "err", err)
 	s.cluster.ReloadState(context.Background())
 	var lost []string
 	s.mu.Lock()
@@ -319,4 +319,18 @@ var errNoLink = errors.New("no subscription connection")
 func (s *subscriber) closeDropped() {
 	s.mu.Lock()
 	s.unlock()
+}
+
+// logRetry logs a failure that the subscriber will retry: as a warning the
+// first time, at debug level while retrying, so that a master that is down
+// for a while does not flood the log.
+func (s *subscriber) logRetry(msg string, args ...any) {
+	s.mu.Lock()
+	first := s.retryDelay <= minRetryDelay
+	s.mu.Unlock()
+	if first {
+		s.log.Warn(msg, args...)
+	} else {
+		s.log.Debug(msg, args...)
+	}
 }

@@ -279,6 +279,12 @@ func (l *lane) drain(ctx context.Context) {
 		if failed > 0 {
 			p.stats.redisErrors.Add(uint64(failed))
 			p.log.Warn("publish failed; senders told", "messages", failed, "err", firstErr)
+			if cc, ok := p.redis.(*redis.ClusterClient); ok {
+				// go-redis looks again at the cluster only on a MOVED reply
+				// or once a minute: a master that failed over would be
+				// dialled in vain until then.
+				cc.ReloadState(ctx)
+			}
 		}
 		clear(l.batch)
 		l.batch = l.batch[:0]

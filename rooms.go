@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Room membership: the Handler is the go-between of the hub, which knows
@@ -187,6 +189,12 @@ func (h *Handler) kicked(room string, payload []byte) {
 }
 
 func (h *Handler) roomSubscribed(room string, resumed bool) {
+	if cc, ok := h.redis.(*redis.ClusterClient); ok && resumed && h.mode == shardedPubSub {
+		// The room may have a new master, which the publishing client
+		// would otherwise learn of only from a MOVED, or after a publish to
+		// the old one failed.
+		cc.ReloadState(context.Background())
+	}
 	h.roomsMu.Lock()
 	reads := h.hub.subscribed(room, resumed)
 	h.roomsMu.Unlock()

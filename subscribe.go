@@ -43,13 +43,11 @@ type subscriber struct {
 	redis    redis.UniversalClient
 	cluster  *redis.ClusterClient // sharded Pub/Sub: the sub client; nil for classic
 	keys     keyspace
-	activity *roomActivity
 	events   subscriptionEvents
 	log      *slog.Logger
 	stats    *counters
 
 	confirmTimeout time.Duration // bound on sending a command
-	keyTimeout     time.Duration // bound on setting the room keys before a SUBSCRIBE
 	pingEvery      time.Duration // liveness probe when a connection is idle
 
 	mu      sync.Mutex
@@ -84,15 +82,16 @@ type subState struct {
 }
 
 const (
+	// Placing a room costs a dial at most, so during a failover the
+	// subscriber looks often: members hear again soon after it.
 	minRetryDelay = 50 * time.Millisecond
-	maxRetryDelay = time.Second
+	maxRetryDelay = 250 * time.Millisecond
 )
 
-func newSubscriber(client redis.UniversalClient, sharded bool, keys keyspace, activity *roomActivity, events subscriptionEvents, cfg *config, log *slog.Logger, stats *counters) *subscriber {
+func newSubscriber(client redis.UniversalClient, sharded bool, keys keyspace, events subscriptionEvents, cfg *config, log *slog.Logger, stats *counters) *subscriber {
 	s := &subscriber{
-		redis: client, keys: keys, activity: activity, events: events, log: log, stats: stats,
+		redis: client, keys: keys, events: events, log: log, stats: stats,
 		confirmTimeout: cfg.subscribeTimeout,
-		keyTimeout:     cfg.publishTimeout,
 		pingEvery:      cfg.redisPing,
 		rooms:          make(map[string]*subState),
 		dirty:          make(map[string]struct{}),
@@ -206,11 +205,12 @@ func (s *subscriber) reconcileLoop(ctx context.Context) {
 }
 
 // reconcile sends what the rooms marked dirty need. A link's psMu is held
-// only for its commands: never across the room keys' round trip on the pub
-// client, which could otherwise hold up the reader's replacement of a
-// silent connection. A replacement that slips in between resubscribes the
-// rooms itself; the extra SUBSCRIBE or UNSUBSCRIBE then only earns a
-// redundant confirmation.
+// only for its commands: never across a round trip, which could otherwise
+// hold up the reader's replacement of a silent connection. A replacement
+// that slips in between resubscribes the rooms itself; the extra SUBSCRIBE
+// or UNSUBSCRIBE then only earns a redundant confirmation. (The room's keys
+// are not written here: the read that every join and gap fill makes
+// ensures them, in the same script.)
 func (s *subscriber) reconcile(ctx context.Context) {
 	var toSubscribe []string
 	toUnsubscribe := make(map[*link][]string)
@@ -234,15 +234,6 @@ func (s *subscriber) reconcile(ctx context.Context) {
 	}
 	s.unlock()
 
-	if len(toSubscribe) > 0 {
-		// The key first, so that a room is active once a joiner hears "joined".
-		tctx, cancel := context.WithTimeout(ctx, s.keyTimeout)
-		if err := s.activity.touch(tctx, toSubscribe...); err != nil {
-			s.stats.redisErrors.Add(1)
-			s.log.Warn("cannot set room activity keys", "rooms", len(toSubscribe), "err", err)
-		}
-		cancel()
-	}
 	for l, rooms := range s.place(ctx, toSubscribe) {
 		var err error
 		if l == nil {
@@ -253,7 +244,7 @@ func (s *subscriber) reconcile(ctx context.Context) {
 		}
 		if err != nil && ctx.Err() == nil {
 			s.stats.redisErrors.Add(1)
-			s.log.Warn("subscribe failed", "rooms", rooms, "err", err)
+			s.logRetry("subscribe failed", "rooms", rooms, "err", err)
 			s.commandFailed(rooms)
 			for _, room := range rooms {
 				s.events.roomSubscribeFailed(room)
@@ -358,6 +349,10 @@ func (s *subscriber) commandFailed(rooms []string) {
 			s.setLinkLocked(st, nil)
 			s.retryLocked(room)
 		}
+	}
+	if s.cluster != nil {
+		// Its master may be gone: look again before the retry.
+		s.cluster.ReloadState(context.Background())
 	}
 }
 

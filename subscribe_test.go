@@ -7,7 +7,7 @@ import "testing"
 // SUBSCRIBE). A room wanted but not yet sent must go back to subscribeLoop,
 // or its joiners would wait for a reply that never comes.
 func TestConnectionLostExpectsOnlyResubscribedRooms(t *testing.T) {
-	b := newSubscriber(nil, false, keyspace("chat:"), nil, nil, &config{}, testLogger(t), &counters{})
+	b := newSubscriber(nil, false, keyspace("chat:"), nil, &config{}, testLogger(t), &counters{})
 	b.rooms["sent"] = &subState{want: true, confirmed: true, resubscribe: true}
 	b.rooms["unsent"] = &subState{want: true}
 	b.rooms["leaving"] = &subState{confirmed: true, inFlight: true} // UNSUBSCRIBE in flight

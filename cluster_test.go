@@ -1,0 +1,421 @@
+package chat
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatrelay/chat/internal/redistest"
+	"github.com/chatrelay/chat/internal/wstest"
+)
+
+// Sharded Pub/Sub on a real Redis Cluster that each test starts itself
+// (redistest.StartCluster: skipped where redis-server or redis-cli is
+// missing, a failure when CHAT_REQUIRE_CLUSTER=1).
+
+// clusterInstance is a Handler on cluster c, with no rate limit: the tests
+// send as fast as they can.
+func clusterInstance(t *testing.T, c *redistest.Cluster, opts ...Option) *instance {
+	t.Helper()
+	opts = append([]Option{WithRateLimit(0, 0)}, opts...)
+	return newInstanceWith(t, c.Client(t), c.Client(t), opts...)
+}
+
+// roomsOnEveryMaster returns n rooms on each master of c, and each room's
+// slot.
+func roomsOnEveryMaster(t *testing.T, c *redistest.Cluster, n int) (rooms []string, slot map[string]int) {
+	t.Helper()
+	slot = make(map[string]int)
+	per := make(map[*redistest.Server]int)
+	for i := 0; len(rooms) < n*len(c.Masters); i++ {
+		room := fmt.Sprintf("room%d", i)
+		s := c.Slot(t, "chat:msg:{"+room+"}")
+		if m := c.MasterOf(t, s); per[m] < n {
+			per[m]++
+			rooms = append(rooms, room)
+			slot[room] = s
+		}
+	}
+	return rooms, slot
+}
+
+// shardSubscribers counts the connections to node s that hold a sharded
+// subscription (CLIENT LIST's ssub field).
+func shardSubscribers(t *testing.T, s *redistest.Server) int {
+	t.Helper()
+	list, err := s.Client(t).ClientList(context.Background()).Result()
+	must(t, err)
+	n := 0
+	for _, line := range strings.Split(list, "\n") {
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "ssub="); ok && v != "0" {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// joinAll connects user to in and joins every room.
+func joinAll(t *testing.T, in *instance, user string, rooms []string) *wstest.Conn {
+	t.Helper()
+	q := "user=" + user
+	for _, r := range rooms {
+		q += "&room=" + r
+	}
+	return in.connect(t, q)
+}
+
+// A room's messages travel only through its shard: clients on two
+// instances chat in rooms on all three masters; each room's channel is a
+// shard channel on its owner and on no other node; each instance holds one
+// subscription connection per master; nothing uses classic Pub/Sub; and
+// the cluster bus carries no publish message. With WithClassicPubSub every
+// message is copied to both other masters.
+func TestShardedPubSubOnCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0)
+	rooms, slot := roomsOnEveryMaster(t, c, 3)
+	ctx := context.Background()
+
+	for _, mode := range []struct {
+		name     string
+		opts     []Option
+		perMsg   int64 // cluster bus publish messages per chat message
+		channels bool  // shard channels expected on the owners
+	}{
+		{"sharded", nil, 0, true},
+		{"classic", []Option{WithClassicPubSub()}, 2, false},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			a, b := clusterInstance(t, c, mode.opts...), clusterInstance(t, c, mode.opts...)
+			ca, cb := joinAll(t, a, "ann", rooms), joinAll(t, b, "ben", rooms)
+			// Presence notices of the joins went out before this point.
+			for _, cl := range []*wstest.Conn{ca, cb} {
+				cl.Presence = true
+			}
+			before := c.PublishSent(t)
+			for i, room := range rooms {
+				sender := []*wstest.Conn{ca, cb}[i%2]
+				text := "hello " + room
+				must(t, sender.SendJSON(msgFrame(room, text, "")))
+				for _, cl := range []*wstest.Conn{ca, cb} {
+					if m := cl.Next(t, "message", wait); m["text"] != text || m["room"] != room {
+						t.Fatalf("got %v, want %q in %s", m, text, room)
+					}
+				}
+			}
+			if got, want := c.PublishSent(t)-before, mode.perMsg*int64(len(rooms)); got != want {
+				t.Errorf("cluster bus publish messages grew by %d for %d chat messages, want %d", got, len(rooms), want)
+			}
+			if !mode.channels {
+				return
+			}
+			for _, room := range rooms {
+				owner := c.MasterOf(t, slot[room])
+				for _, node := range c.Masters {
+					chans, err := node.Client(t).PubSubShardChannels(ctx, "chat:msg:{"+room+"}").Result()
+					must(t, err)
+					if listed := len(chans) == 1; listed != (node == owner) {
+						t.Errorf("room %s (slot %d, owner %s): PUBSUB SHARDCHANNELS on %s = %v", room, slot[room], owner.Addr, node.Addr, chans)
+					}
+				}
+			}
+			for _, node := range c.Masters {
+				if n := shardSubscribers(t, node); n != 2 {
+					t.Errorf("%s: %d connections with sharded subscriptions, want 2 (one per instance)", node.Addr, n)
+				}
+				if chans := node.Client(t).PubSubChannels(ctx, "*").Val(); len(chans) > 0 {
+					t.Errorf("%s: classic channels %v in sharded mode", node.Addr, chans)
+				}
+			}
+		})
+	}
+}
+
+// seqWatcher reads a member's frames on its own goroutine, until the
+// message with text last, and checks that the room's seqs arrive gapless
+// and in order: each one the last plus one, unless a "joined" with
+// recovered:false came in between (an unfillable gap).
+type seqWatcher struct {
+	name  string
+	mu    sync.Mutex
+	last  float64
+	got   int
+	errs  []string
+	reset bool           // joined recovered:false seen since the last message
+	gaps  int            // such joins in all
+	texts map[string]int // messages received, by text
+	// Unfillable gaps that Redis could have filled: it numbered past the
+	// member's last message, so it has what the member missed (given a
+	// history long enough for the test).
+	lostBy []string
+	at    []time.Time    // when each message came
+	done  chan struct{}
+}
+
+// count returns how many messages with text have come.
+func (w *seqWatcher) count(text string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.texts[text]
+}
+
+// firstAfter returns when the first message came after t; zero if none
+// did. Called with w.mu held.
+func (w *seqWatcher) firstAfter(t time.Time) time.Time {
+	for _, at := range w.at {
+		if at.After(t) {
+			return at
+		}
+	}
+	return time.Time{}
+}
+
+func watchSeqs(name string, c *wstest.Conn, room, last string) *seqWatcher {
+	w := &seqWatcher{name: name, done: make(chan struct{}), texts: make(map[string]int)}
+	go func() {
+		defer close(w.done)
+		for {
+			m, err := c.ReadJSON(30 * time.Second)
+			w.mu.Lock()
+			if err != nil {
+				w.errs = append(w.errs, err.Error())
+				w.mu.Unlock()
+				return
+			}
+			switch m["type"] {
+			case "message":
+				if m["room"] != room {
+					break
+				}
+				seq, _ := m["seq"].(float64)
+				if w.last != 0 && seq != w.last+1 && !w.reset {
+					w.errs = append(w.errs, fmt.Sprintf("seq %v after %v", seq, w.last))
+				}
+				w.last, w.reset = seq, false
+				w.got++
+				text := str(m["text"])
+				w.texts[text]++
+				w.at = append(w.at, time.Now())
+				if text == last {
+					w.mu.Unlock()
+					return
+				}
+			case "joined":
+				if m["recovered"] == false {
+					w.reset = true
+					w.gaps++
+					if seq, _ := m["seq"].(float64); seq > w.last {
+						w.lostBy = append(w.lostBy, fmt.Sprintf("recovered:false at seq %v, after seq %v: Redis has every message the member missed", seq, w.last))
+					}
+				}
+			}
+			w.mu.Unlock()
+		}
+	}()
+	return w
+}
+
+func (w *seqWatcher) check(t *testing.T) {
+	t.Helper()
+	select {
+	case <-w.done:
+	case <-time.After(40 * time.Second):
+		t.Fatalf("%s: still reading", w.name)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, e := range append(w.errs, w.lostBy...) {
+		t.Errorf("%s: %s", w.name, e)
+	}
+}
+
+// A room whose slot migrates to another master while messages flow keeps
+// every member's seqs contiguous: the instances hear the old owner's
+// sunsubscribe, subscribe on the new owner and fill the gap from the
+// history. The channel is then on the new owner only, and the connections
+// to the old owner, which carries none of the instances' rooms any more,
+// are closed. Nothing is left running after Shutdown.
+func TestSlotMigrationUnderTraffic(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0)
+	rooms, slot := roomsOnEveryMaster(t, c, 1)
+	room := rooms[0]
+	from := c.MasterOf(t, slot[room])
+	to := c.Masters[(slices.Index(c.Masters, from)+1)%len(c.Masters)]
+	a, b := clusterInstance(t, c), clusterInstance(t, c)
+	sender := a.connect(t, "room="+room+"&user=sender")
+	members := map[string]*wstest.Conn{
+		"a": a.connect(t, "room="+room+"&user=ann"),
+		"b": b.connect(t, "room="+room+"&user=ben"),
+	}
+
+	const total = 600
+	var watchers []*seqWatcher
+	for name, m := range members {
+		watchers = append(watchers, watchSeqs(name, m, room, fmt.Sprint("m ", total-1)))
+	}
+	var sent sync.WaitGroup
+	moved := make(chan struct{})
+	sent.Go(func() {
+		for i := range total {
+			if i == total/3 {
+				<-moved // a third before the move, the rest during and after it
+			}
+			if err := sender.SendJSON(msgFrame(room, fmt.Sprint("m ", i), "")); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+	eventually(t, wait, "a third of the messages received", func() bool {
+		watchers[0].mu.Lock()
+		defer watchers[0].mu.Unlock()
+		return watchers[0].got >= total/4
+	})
+	close(moved)
+	c.MoveSlot(t, slot[room], to)
+	sent.Wait()
+	for _, w := range watchers {
+		w.check(t)
+		if w.got != total || w.gaps > 0 {
+			t.Errorf("%s: %d of %d messages, %d unfillable gaps", w.name, w.got, total, w.gaps)
+		}
+	}
+	// The sender's own copies arrive too: every message was accepted.
+	for i := 0; i < total; i++ {
+		sender.Next(t, "message", wait)
+	}
+	ctx := context.Background()
+	for _, node := range c.Masters {
+		chans := node.Client(t).PubSubShardChannels(ctx, "*").Val()
+		if listed := slices.Contains(chans, "chat:msg:{"+room+"}"); listed != (node == to) {
+			t.Errorf("after the move %s lists %v (moved from %s to %s)", node.Addr, chans, from.Addr, to.Addr)
+		}
+	}
+	eventually(t, wait, "the old owner's subscription connections closed", func() bool {
+		return shardSubscribers(t, from) == 0
+	})
+	if n := shardSubscribers(t, to); n != 2 {
+		t.Errorf("new owner: %d subscription connections, want 2", n)
+	}
+	for _, in := range []*instance{a, b} {
+		if g := in.h.Stats().GapFills; g == 0 {
+			t.Errorf("no gap fill counted after the move")
+		}
+	}
+	shutdownAll(t, a, b)
+	noGoroutinesLeft(t)
+}
+
+// shutdownAll shuts the instances down at once (each waits for its
+// clients' close).
+func shutdownAll(t *testing.T, ins ...*instance) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, in := range ins {
+		in.srv.CloseClientConnections()
+		if err := in.h.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	}
+}
+
+// A master killed with SIGKILL in a cluster with replicas fails over; the
+// members of its rooms get messages again within the cluster's failover
+// time plus 3 s, with the gap filled from the history, or told
+// recovered:false only where the replica had not received the last
+// messages (Redis numbers the room's next message at or below what the
+// member saw). The sender sends every 20 ms throughout, as a busy room
+// would; its messages held during the failover are published once the new
+// master takes them, possibly before the instances resubscribe, so the
+// history is made long enough for them all.
+func TestClusterFailover(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 1)
+	rooms, slot := roomsOnEveryMaster(t, c, 1)
+	room := rooms[0]
+	dead := c.MasterOf(t, slot[room])
+	a, b := clusterInstance(t, c, WithHistory(1000)), clusterInstance(t, c, WithHistory(1000))
+	sender := a.connect(t, "room="+room+"&user=sender")
+	members := map[string]*wstest.Conn{
+		"a": a.connect(t, "room="+room+"&user=ann"),
+		"b": b.connect(t, "room="+room+"&user=ben"),
+	}
+	var watchers []*seqWatcher
+	for name, m := range members {
+		watchers = append(watchers, watchSeqs(name, m, room, "end"))
+	}
+	endAnswer := make(chan string, 1) // the outcome of the last send
+	go func() {                       // the sender's own frames
+		for {
+			f, err := sender.ReadJSON(time.Minute)
+			switch {
+			case err != nil:
+				return
+			case f["ref"] == "end" && f["type"] == "error":
+				endAnswer <- str(f["code"])
+			case f["text"] == "end":
+				endAnswer <- "relayed"
+				return
+			}
+		}
+	}()
+	stop := make(chan struct{})
+	var sending sync.WaitGroup
+	sending.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if err := sender.SendJSON(msgFrame(room, "m", "")); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	eventually(t, wait, "messages flowing", func() bool { return watchers[0].count("m") >= 25 })
+	killed := time.Now()
+	dead.Kill(t)
+	newMaster := c.WaitFailover(t, slot[room], dead, 30*time.Second)
+	failedOver := time.Now()
+	t.Logf("failover to %s took %v (at %s)", newMaster.Addr, failedOver.Sub(killed).Round(time.Millisecond), failedOver.Format("15:04:05.000"))
+	eventually(t, 10*time.Second, "messages relayed again", func() bool {
+		for _, w := range watchers {
+			w.mu.Lock()
+			back := w.firstAfter(killed)
+			w.mu.Unlock()
+			if back.IsZero() {
+				return false
+			}
+		}
+		return true
+	})
+	close(stop)
+	sending.Wait()
+	for range 10 {
+		must(t, sender.SendJSON(msgFrame(room, "end", "end")))
+		if <-endAnswer == "relayed" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, w := range watchers {
+		w.check(t)
+		w.mu.Lock()
+		back := w.firstAfter(killed).Sub(failedOver)
+		if back > 3*time.Second {
+			t.Errorf("%s: first message after the kill came %v after the failover, want within 3 s", w.name, back)
+		}
+		t.Logf("%s: %d messages, the first after the kill %v after the failover, %d unfillable gaps", w.name, w.got, back.Round(time.Millisecond), w.gaps)
+		w.mu.Unlock()
+	}
+	shutdownAll(t, a, b)
+	noGoroutinesLeft(t)
+}
