@@ -153,8 +153,8 @@ type seqWatcher struct {
 	// member's last message, so it has what the member missed (given a
 	// history long enough for the test).
 	lostBy []string
-	at    []time.Time    // when each message came
-	done  chan struct{}
+	at     []time.Time // when each message came
+	done   chan struct{}
 }
 
 // count returns how many messages with text have come.

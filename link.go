@@ -30,9 +30,9 @@ type link struct {
 	closed bool          // close ran: no new PubSub
 
 	// Guarded by subscriber.mu.
-	rooms   int      // rooms whose subState.link is this link
+	rooms   int       // rooms whose subState.link is this link
 	pending []command // sharded: commands awaiting their reply on ps, oldest first
-	dropped bool     // taken out of subscriber.links
+	dropped bool      // taken out of subscriber.links
 }
 
 // A command is an SSUBSCRIBE (subscribe) or SUNSUBSCRIBE of one room's

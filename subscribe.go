@@ -40,12 +40,12 @@ type subscriptionEvents interface {
 // the only proof that messages will arrive, so the subscriber tracks each
 // room's subscription itself (subState) and reports the confirmation.
 type subscriber struct {
-	redis    redis.UniversalClient
-	cluster  *redis.ClusterClient // sharded Pub/Sub: the sub client; nil for classic
-	keys     keyspace
-	events   subscriptionEvents
-	log      *slog.Logger
-	stats    *counters
+	redis   redis.UniversalClient
+	cluster *redis.ClusterClient // sharded Pub/Sub: the sub client; nil for classic
+	keys    keyspace
+	events  subscriptionEvents
+	log     *slog.Logger
+	stats   *counters
 
 	confirmTimeout time.Duration // bound on sending a command
 	pingEvery      time.Duration // liveness probe when a connection is idle
