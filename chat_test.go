@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -404,4 +405,29 @@ func TestMaxConnections(t *testing.T) {
 		return in.h.open == 1
 	})
 	in.connect(t, "room=full&user=d").Close()
+}
+
+// Sharded Pub/Sub on a cluster without it (Redis 6; miniredis stands in):
+// a join is answered "unavailable" at once, not after the subscription
+// timeout, and the log says once what to do.
+func TestShardedPubSubRefusedByRedis6(t *testing.T) {
+	mr := miniredis.RunT(t)
+	cluster := func() *redis.ClusterClient {
+		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{mr.Addr()}})
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	var logs syncBuffer
+	in := newInstanceWith(t, cluster(), cluster(), WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	for i := range 3 {
+		c := wstest.MustDial(t, in.url+"?user=old", nil)
+		start := time.Now()
+		must(t, c.SendJSON(map[string]any{"type": "join", "room": fmt.Sprint("r", i), "ref": "j"}))
+		if e := c.Next(t, "error", wait); e["code"] != codeUnavailable || time.Since(start) > time.Second {
+			t.Errorf("join: %v after %v, want unavailable at once", e, time.Since(start))
+		}
+	}
+	if n := strings.Count(logs.String(), "use chat.WithClassicPubSub"); n != 1 {
+		t.Errorf("the advice was logged %d times, want once:\n%s", n, logs.String())
+	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/chatrelay/chat/internal/redistest"
 	"github.com/chatrelay/chat/internal/wstest"
+	"github.com/redis/go-redis/v9"
 )
 
 // Sharded Pub/Sub on a real Redis Cluster that each test starts itself
@@ -308,18 +309,19 @@ func TestSlotMigrationUnderTraffic(t *testing.T) {
 			t.Errorf("no gap fill counted after the move")
 		}
 	}
-	shutdownAll(t, a, b)
+	shutdownAll(t, []*wstest.Conn{sender, members["a"], members["b"]}, a, b)
 	noGoroutinesLeft(t)
 }
 
-// shutdownAll shuts the instances down at once (each waits for its
-// clients' close).
-func shutdownAll(t *testing.T, ins ...*instance) {
+// shutdownAll closes the clients, then shuts the instances down.
+func shutdownAll(t *testing.T, clients []*wstest.Conn, ins ...*instance) {
 	t.Helper()
+	for _, c := range clients {
+		c.Close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, in := range ins {
-		in.srv.CloseClientConnections()
 		if err := in.h.Shutdown(ctx); err != nil {
 			t.Errorf("Shutdown: %v", err)
 		}
@@ -416,6 +418,43 @@ func TestClusterFailover(t *testing.T) {
 		t.Logf("%s: %d messages, the first after the kill %v after the failover, %d unfillable gaps", w.name, w.got, back.Round(time.Millisecond), w.gaps)
 		w.mu.Unlock()
 	}
-	shutdownAll(t, a, b)
+	shutdownAll(t, []*wstest.Conn{sender, members["a"], members["b"]}, a, b)
 	noGoroutinesLeft(t)
+}
+
+// An instance whose view of the cluster is stale subscribes a room on the
+// master that owned its slot: that master answers MOVED, and the instance
+// subscribes the room on its owner instead, promptly, and lets the other
+// connection go.
+func TestSlotMovedBeforeTheInstanceKnows(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0)
+	rooms, slot := roomsOnEveryMaster(t, c, 1)
+	room := rooms[0]
+	from := c.MasterOf(t, slot[room])
+	to := c.Masters[(slices.Index(c.Masters, from)+1)%len(c.Masters)]
+	ctx := context.Background()
+	pub, sub := c.Client(t), c.Client(t)
+	for _, cc := range []interface {
+		Ping(context.Context) *redis.StatusCmd
+	}{pub, sub} {
+		must(t, cc.Ping(ctx).Err()) // both clients load the cluster's slots now
+	}
+	c.MoveSlot(t, slot[room], to)
+
+	in := newInstanceWith(t, pub, sub)
+	start := time.Now()
+	ann := in.connect(t, "room="+room+"&user=ann")
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("join took %v, want well under 1 s", d)
+	}
+	must(t, ann.SendJSON(msgFrame(room, "hello", "")))
+	if m := ann.Next(t, "message", wait); m["text"] != "hello" {
+		t.Fatalf("got %v", m)
+	}
+	if chans := to.Client(t).PubSubShardChannels(ctx, "*").Val(); !slices.Contains(chans, "chat:msg:{"+room+"}") {
+		t.Errorf("owner %s lists %v", to.Addr, chans)
+	}
+	eventually(t, wait, "the connection to the former owner closed", func() bool {
+		return shardSubscribers(t, from) == 0
+	})
 }

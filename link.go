@@ -274,16 +274,19 @@ func (s *subscriber) unplaceLocked(room string, st *subState) {
 // later; a refused SUNSUBSCRIBE leaves nothing subscribed on this node.
 func (s *subscriber) rejected(l *link, err error) {
 	s.mu.Lock()
-	defer s.unlock()
 	if len(l.pending) == 0 {
+		s.unlock()
 		s.log.Warn("unexpected error on a sharded subscription connection", "node", l.node, "err", err)
 		return
 	}
 	cmd := l.pending[0]
 	l.pending = l.pending[1:]
-	if strings.Contains(err.Error(), "unknown command") {
-		s.log.Error("Redis has no sharded Pub/Sub (Redis 7 has); use chat.WithClassicPubSub with this cluster", "node", l.node, "err", err)
-	} else {
+	unsupported := strings.Contains(err.Error(), "unknown command")
+	switch {
+	case unsupported && !s.toldUnsupported:
+		s.toldUnsupported = true
+		s.log.Error("this Redis has no sharded Pub/Sub (Redis 7 has): joins fail; use chat.WithClassicPubSub with this cluster", "node", l.node, "err", err)
+	case !unsupported:
 		s.log.Info("Redis refused a subscription command: placing the room again", "room", cmd.room, "node", l.node, "err", err)
 	}
 	s.cluster.ReloadState(context.Background())
@@ -296,6 +299,10 @@ func (s *subscriber) rejected(l *link, err error) {
 		st.inFlight, st.confirmed = false, false
 		s.setLinkLocked(st, nil)
 		s.markDirtyLocked(cmd.room) // wanted again meanwhile, or to forget
+	}
+	s.unlock()
+	if unsupported && cmd.subscribe {
+		s.events.roomSubscribeFailed(cmd.room) // its joiners need not wait
 	}
 }
 

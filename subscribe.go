@@ -63,6 +63,8 @@ type subscriber struct {
 	// their node refused them, failed, or gave their slot away.
 	retry      map[string]struct{}
 	retryDelay time.Duration
+	// Redis refused SSUBSCRIBE as unknown (Redis 6), which was logged.
+	toldUnsupported bool
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
