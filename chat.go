@@ -57,7 +57,7 @@ var (
 // A Handler is the go-between of its components (see the README's
 // Architecture section): clients (client.go) read and write the
 // connections, the hub (hub.go) knows who is in which room, the publisher
-// (publish.go) and the subscriber (subscribe.go, receive.go) talk to Redis,
+// (publish.go) and the subscriber (subscribe.go, link.go, receive.go) talk to Redis,
 // and roomActivity (ttl.go) keeps the room keys alive. A client asks its
 // Handler for what each frame requests; the hub, the publisher and the
 // subscriber never call one another, and the latter two report up only

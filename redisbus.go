@@ -5,11 +5,12 @@ package chat
 //
 //   - the publisher (publish.go) sends messages through the pub client: a
 //     Lua script per message, pipelined;
-//   - the subscriber (subscribe.go) holds the one subscription connection on
-//     the sub client, keeps it subscribed to the rooms that have local
-//     members, and reports what arrives to its owner.
+//   - the subscriber (subscribe.go) holds the subscription connections on
+//     the sub client (link.go: one, or one per cluster master with sharded
+//     Pub/Sub), keeps them subscribed to the rooms that have local members,
+//     and reports what arrives to its owner.
 //
-// They share only the key space below. Per room, Redis holds:
+// They share only the key space and the Pub/Sub mode below. Per room, Redis holds:
 //
 //   - chat:msg:{room}, the Pub/Sub channel of its messages (a shard
 //     channel with sharded Pub/Sub);

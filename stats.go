@@ -17,7 +17,7 @@ type Stats struct {
 	Dropped Drops // what was refused or given up, by reason
 
 	RedisErrors            uint64 // failed Redis commands: publishes, subscriptions, activity keys
-	SubscriptionReconnects uint64 // the subscription connection was lost or replaced
+	SubscriptionReconnects uint64 // a subscription connection was lost or replaced
 	GapFills               uint64 // rooms whose members were given, from the history, what a lost subscription missed, or told it could not be
 }
 
