@@ -235,6 +235,22 @@ func (w *seqWatcher) check(t *testing.T) {
 	}
 }
 
+// A room's master stalls for 3 s (DEBUG SLEEP) while clients on two
+// instances send: the instances replace their silent connections to that
+// master make-before-break, as on a single Redis, and nothing is lost; the
+// old connections are closed once the new ones have taken over. (The node
+// timeout is raised so that the cluster does not take the stall for a
+// failure.)
+func TestShardStallLosesNothing(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0, "--cluster-node-timeout", "15000", "--enable-debug-command", "local")
+	rooms, slot := roomsOnEveryMaster(t, c, 1)
+	master := c.MasterOf(t, slot[rooms[0]])
+	stallLosesNothing(t, clusterInstance(t, c), clusterInstance(t, c), rooms[0], &backend{addr: master.Addr})
+	eventually(t, wait, "one subscription connection per instance on the master again", func() bool {
+		return shardSubscribers(t, master) == 2
+	})
+}
+
 // A room whose slot migrates to another master while messages flow keeps
 // every member's seqs contiguous: the instances hear the old owner's
 // sunsubscribe, subscribe on the new owner and fill the gap from the

@@ -244,8 +244,13 @@ func redisSleeps(t *testing.T, be *backend, d time.Duration) <-chan struct{} {
 // sender got an error.
 func TestRedisStallLosesNothing(t *testing.T) {
 	be := realRedis(t, "--enable-debug-command", "local")
-	a, b := newInstance(t, be), newInstance(t, be)
-	members := []*wstest.Conn{a.connect(t, "room=stall&user=ann"), b.connect(t, "room=stall&user=ben")}
+	stallLosesNothing(t, newInstance(t, be), newInstance(t, be), "stall", be)
+}
+
+// stallLosesNothing runs the stall test of room on two instances, putting
+// the Redis at sleeper to sleep.
+func stallLosesNothing(t *testing.T, a, b *instance, room string, sleeper *backend) {
+	members := []*wstest.Conn{a.connect(t, "room="+room+"&user=ann"), b.connect(t, "room="+room+"&user=ben")}
 
 	const perSender = 40 // 4 s of traffic around the 3 s stall
 	sent := 0
@@ -254,7 +259,7 @@ func TestRedisStallLosesNothing(t *testing.T) {
 	for i, c := range members {
 		go func() {
 			for n := range perSender {
-				if err := c.SendJSON(msgFrame("stall", "tick", fmt.Sprintf("%d-%d", i, n))); err != nil {
+				if err := c.SendJSON(msgFrame(room, "tick", fmt.Sprintf("%d-%d", i, n))); err != nil {
 					senders <- err
 					return
 				}
@@ -267,7 +272,7 @@ func TestRedisStallLosesNothing(t *testing.T) {
 		}()
 	}
 	<-underway
-	redisSleeps(t, be, 3*time.Second)
+	redisSleeps(t, sleeper, 3*time.Second)
 	for range members {
 		must(t, <-senders)
 		sent += perSender

@@ -264,7 +264,7 @@ func (ho *handover) mark(ctx context.Context) {
 // confirmed notes a confirmation on the new connection; the last one
 // awaited sends the marker.
 func (ho *handover) confirmed(ctx context.Context, s *subscriber, m *redis.Subscription) {
-	if room, ok := s.keys.roomOf(m.Channel); ok && m.Kind == "subscribe" {
+	if room, ok := s.keys.roomOf(m.Channel); ok && (m.Kind == "subscribe" || m.Kind == "ssubscribe") {
 		delete(ho.awaiting, room)
 	}
 	if len(ho.awaiting) == 0 {
