@@ -142,14 +142,15 @@ func TestShardedPubSubOnCluster(t *testing.T) {
 // and in order: each one the last plus one, unless a "joined" with
 // recovered:false came in between (an unfillable gap).
 type seqWatcher struct {
-	name  string
-	mu    sync.Mutex
-	last  float64
-	got   int
-	errs  []string
-	reset bool           // joined recovered:false seen since the last message
-	gaps  int            // such joins in all
-	texts map[string]int // messages received, by text
+	name   string
+	mu     sync.Mutex
+	last   float64
+	got    int
+	errs   []string
+	reset  bool           // joined recovered:false seen since the last message
+	gaps   int            // such joins in all
+	joined int            // "joined" frames of any kind
+	texts  map[string]int // messages received, by text
 	// Unfillable gaps that Redis could have filled: it numbered past the
 	// member's last message, so it has what the member missed (given a
 	// history long enough for the test).
@@ -207,6 +208,7 @@ func watchSeqs(name string, c *wstest.Conn, room, last string) *seqWatcher {
 					return
 				}
 			case "joined":
+				w.joined++
 				if m["recovered"] == false {
 					w.reset = true
 					w.gaps++
@@ -249,6 +251,47 @@ func TestShardStallLosesNothing(t *testing.T) {
 	eventually(t, wait, "one subscription connection per instance on the master again", func() bool {
 		return shardSubscribers(t, master) == 2
 	})
+}
+
+// Redis kills the instances' sharded subscription connections (CLIENT
+// KILL TYPE pubsub on the room's master) while a sender keeps sending: the
+// instances subscribe the room again on that master and fill the gap from
+// the history, so the members get every seq, in order, once, and are never
+// told they may have missed something.
+func TestShardConnectionKilledGapFilled(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0)
+	rooms, slot := roomsOnEveryMaster(t, c, 1)
+	room := rooms[0]
+	master := c.MasterOf(t, slot[room])
+	a, b := clusterInstance(t, c), clusterInstance(t, c)
+	sender := a.connect(t, "room="+room+"&user=sender")
+	members := map[string]*wstest.Conn{
+		"a": a.connect(t, "room="+room+"&user=ann"),
+		"b": b.connect(t, "room="+room+"&user=ben"),
+	}
+	const total = 60
+	var watchers []*seqWatcher
+	for name, m := range members {
+		watchers = append(watchers, watchSeqs(name, m, room, fmt.Sprint(total)))
+	}
+	for k := 1; k <= total; k++ {
+		must(t, sender.SendJSON(msgFrame(room, fmt.Sprint(k), "")))
+		if k == 10 {
+			must(t, master.Client(t).Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err())
+		}
+		time.Sleep(50 * time.Millisecond) // the pace of the traffic
+	}
+	for _, w := range watchers {
+		w.check(t)
+		if w.got != total || w.joined > 0 {
+			t.Errorf("%s: %d of %d messages, %d joined frames: the gap should have been filled", w.name, w.got, total, w.joined)
+		}
+	}
+	for _, in := range []*instance{a, b} {
+		if s := in.h.Stats(); s.GapFills == 0 || s.SubscriptionReconnects == 0 {
+			t.Errorf("Stats = %+v, want a reconnect and a gap fill counted", s)
+		}
+	}
 }
 
 // A room whose slot migrates to another master while messages flow keeps
