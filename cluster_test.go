@@ -75,8 +75,9 @@ func joinAll(t *testing.T, in *instance, user string, rooms []string) *wstest.Co
 // instances chat in rooms on all three masters; each room's channel is a
 // shard channel on its owner and on no other node; each instance holds one
 // subscription connection per master; nothing uses classic Pub/Sub; and
-// the cluster bus carries no publish message. With WithClassicPubSub every
-// message is copied to both other masters.
+// the cluster bus carries no publish message, presence notices and kicks
+// included. With WithClassicPubSub every message is copied to both other
+// masters.
 func TestShardedPubSubOnCluster(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 0)
 	rooms, slot := roomsOnEveryMaster(t, c, 3)
@@ -92,6 +93,7 @@ func TestShardedPubSubOnCluster(t *testing.T) {
 		{"classic", []Option{WithClassicPubSub()}, 2, false},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
+			start := c.PublishSent(t)
 			a, b := clusterInstance(t, c, mode.opts...), clusterInstance(t, c, mode.opts...)
 			ca, cb := joinAll(t, a, "ann", rooms), joinAll(t, b, "ben", rooms)
 			// Presence notices of the joins went out before this point.
@@ -114,6 +116,14 @@ func TestShardedPubSubOnCluster(t *testing.T) {
 			}
 			if !mode.channels {
 				return
+			}
+			// Presence notices (above) and a kick go through the shard too.
+			must(t, a.h.Kick(ctx, rooms[0], "ben"))
+			if f := cb.Next(t, "left", wait); f["reason"] != "kicked" {
+				t.Errorf("got %v", f)
+			}
+			if got := c.PublishSent(t) - start; got != 0 {
+				t.Errorf("cluster bus publish messages grew by %d in sharded mode, joins, presence and kick included", got)
 			}
 			for _, room := range rooms {
 				owner := c.MasterOf(t, slot[room])
