@@ -54,6 +54,10 @@ func (l *link) answered(room string, subscribe bool) bool {
 	return i >= 0
 }
 
+// errNoLink: the room's node could not be found (the cluster did not
+// answer).
+var errNoLink = errors.New("no subscription connection")
+
 func newLink(node string, client redis.UniversalClient) *link {
 	return &link{node: node, client: client, ready: make(chan struct{}), stop: func() {}}
 }
@@ -318,8 +322,6 @@ func (s *subscriber) retryLocked(room string) {
 	default:
 	}
 }
-
-var errNoLink = errors.New("no subscription connection")
 
 // closeDropped closes the links dropped by callers that could not: those
 // holding a link's psMu.

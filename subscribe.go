@@ -40,7 +40,6 @@ type subscriptionEvents interface {
 // the only proof that messages will arrive, so the subscriber tracks each
 // room's subscription itself (subState) and reports the confirmation.
 type subscriber struct {
-	redis   redis.UniversalClient
 	cluster *redis.ClusterClient // sharded Pub/Sub: the sub client; nil for classic
 	keys    keyspace
 	events  subscriptionEvents
@@ -92,7 +91,7 @@ const (
 
 func newSubscriber(client redis.UniversalClient, sharded bool, keys keyspace, events subscriptionEvents, cfg *config, log *slog.Logger, stats *counters) *subscriber {
 	s := &subscriber{
-		redis: client, keys: keys, events: events, log: log, stats: stats,
+		keys: keys, events: events, log: log, stats: stats,
 		confirmTimeout: cfg.subscribeTimeout,
 		pingEvery:      cfg.redisPing,
 		rooms:          make(map[string]*subState),
