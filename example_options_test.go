@@ -13,7 +13,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/chatrelay/chat"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/net/websocket"
 )
 
@@ -400,4 +402,32 @@ func ExampleWithOnMessage() {
 	// Output:
 	// d**n it
 	// forbidden m2
+}
+
+// Two cluster clients give sharded Pub/Sub (Redis 7): each room's messages
+// stay on the master that owns its slot. A Redis 6 cluster has no sharded
+// Pub/Sub: keep classic Pub/Sub there. (An embedded Redis stands in for the
+// cluster here, answering CLUSTER SLOTS as a single node.)
+func ExampleWithClassicPubSub() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer mr.Close()
+	addrs := []string{mr.Addr()} // the cluster's nodes, or some of them
+	pub := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	sub := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	defer pub.Close()
+	defer sub.Close()
+	h := chat.New(pub, sub, chat.WithClassicPubSub())
+	defer h.Shutdown(context.Background())
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+
+	alice := dial(srv, "?room=lobby&user=alice")
+	defer alice.Close()
+	send(alice, map[string]string{"type": "message", "room": "lobby", "text": "hi"})
+	fmt.Println(receive(alice).Text)
+	// Output:
+	// hi
 }
