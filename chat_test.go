@@ -210,16 +210,20 @@ func TestShutdownDeadline(t *testing.T) {
 }
 
 // The ClusterClient code path works (against miniredis's one-node cluster).
+// miniCluster is a cluster client of mr, which answers CLUSTER SLOTS as a
+// one-node cluster (without sharded Pub/Sub, like Redis 6).
+func miniCluster(t *testing.T, mr *miniredis.Miniredis) *redis.ClusterClient {
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{mr.Addr()}})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
 // Classic Pub/Sub through cluster clients, as on a Redis 6 cluster
 // (miniredis has no sharded Pub/Sub); cluster_test.go runs sharded Pub/Sub
 // on a real cluster.
 func TestClusterClientWithClassicPubSub(t *testing.T) {
 	mr := miniredis.RunT(t)
-	cluster := func() *redis.ClusterClient {
-		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{mr.Addr()}})
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
+	cluster := func() *redis.ClusterClient { return miniCluster(t, mr) }
 	a := newInstanceWith(t, cluster(), cluster(), WithClassicPubSub())
 	b := newInstanceWith(t, cluster(), cluster(), WithClassicPubSub())
 	ca := a.connect(t, "room=shard&user=a")
@@ -412,11 +416,7 @@ func TestMaxConnections(t *testing.T) {
 // timeout, and the log says once what to do.
 func TestShardedPubSubRefusedByRedis6(t *testing.T) {
 	mr := miniredis.RunT(t)
-	cluster := func() *redis.ClusterClient {
-		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{mr.Addr()}})
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
+	cluster := func() *redis.ClusterClient { return miniCluster(t, mr) }
 	var logs syncBuffer
 	in := newInstanceWith(t, cluster(), cluster(), WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	for i := range 3 {

@@ -147,6 +147,58 @@ func TestShardedPubSubOnCluster(t *testing.T) {
 	}
 }
 
+// roomScene is one room of a cluster, with its master, a sender on
+// instance a and a member on each of instances a and b.
+type roomScene struct {
+	room    string
+	slot    int
+	master  *redistest.Server
+	a, b    *instance
+	sender  *wstest.Conn
+	members map[string]*wstest.Conn
+}
+
+func newRoomScene(t *testing.T, c *redistest.Cluster, opts ...Option) *roomScene {
+	t.Helper()
+	rooms, slot := roomsOnEveryMaster(t, c, 1)
+	sc := &roomScene{room: rooms[0], slot: slot[rooms[0]]}
+	sc.master = c.MasterOf(t, sc.slot)
+	sc.a, sc.b = clusterInstance(t, c, opts...), clusterInstance(t, c, opts...)
+	sc.sender = sc.a.connect(t, "room="+sc.room+"&user=sender")
+	sc.members = map[string]*wstest.Conn{
+		"a": sc.a.connect(t, "room="+sc.room+"&user=ann"),
+		"b": sc.b.connect(t, "room="+sc.room+"&user=ben"),
+	}
+	return sc
+}
+
+// watch starts a seqWatcher on each member, reading until the message
+// with text last.
+func (sc *roomScene) watch(last string) []*seqWatcher {
+	var ws []*seqWatcher
+	for name, m := range sc.members {
+		ws = append(ws, watchSeqs(name, m, sc.room, last))
+	}
+	return ws
+}
+
+// shutdown closes the clients, then shuts both instances down, and checks
+// that no goroutine of the package is left.
+func (sc *roomScene) shutdown(t *testing.T) {
+	t.Helper()
+	for _, c := range []*wstest.Conn{sc.sender, sc.members["a"], sc.members["b"]} {
+		c.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, in := range []*instance{sc.a, sc.b} {
+		if err := in.h.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	}
+	noGoroutinesLeft(t)
+}
+
 // seqWatcher reads a member's frames on its own goroutine, until the
 // message with text last, and checks that the room's seqs arrive gapless
 // and in order: each one the last plus one, unless a "joined" with
@@ -269,25 +321,13 @@ func TestShardStallLosesNothing(t *testing.T) {
 // the history, so the members get every seq, in order, once, and are never
 // told they may have missed something.
 func TestShardConnectionKilledGapFilled(t *testing.T) {
-	c := redistest.StartCluster(t, 3, 0)
-	rooms, slot := roomsOnEveryMaster(t, c, 1)
-	room := rooms[0]
-	master := c.MasterOf(t, slot[room])
-	a, b := clusterInstance(t, c), clusterInstance(t, c)
-	sender := a.connect(t, "room="+room+"&user=sender")
-	members := map[string]*wstest.Conn{
-		"a": a.connect(t, "room="+room+"&user=ann"),
-		"b": b.connect(t, "room="+room+"&user=ben"),
-	}
+	sc := newRoomScene(t, redistest.StartCluster(t, 3, 0))
 	const total = 60
-	var watchers []*seqWatcher
-	for name, m := range members {
-		watchers = append(watchers, watchSeqs(name, m, room, fmt.Sprint(total)))
-	}
+	watchers := sc.watch(fmt.Sprint(total))
 	for k := 1; k <= total; k++ {
-		must(t, sender.SendJSON(msgFrame(room, fmt.Sprint(k), "")))
+		must(t, sc.sender.SendJSON(msgFrame(sc.room, fmt.Sprint(k), "")))
 		if k == 10 {
-			must(t, master.Client(t).Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err())
+			must(t, sc.master.Client(t).Do(context.Background(), "CLIENT", "KILL", "TYPE", "pubsub").Err())
 		}
 		time.Sleep(50 * time.Millisecond) // the pace of the traffic
 	}
@@ -297,11 +337,12 @@ func TestShardConnectionKilledGapFilled(t *testing.T) {
 			t.Errorf("%s: %d of %d messages, %d joined frames: the gap should have been filled", w.name, w.got, total, w.joined)
 		}
 	}
-	for _, in := range []*instance{a, b} {
+	for _, in := range []*instance{sc.a, sc.b} {
 		if s := in.h.Stats(); s.GapFills == 0 || s.SubscriptionReconnects == 0 {
 			t.Errorf("Stats = %+v, want a reconnect and a gap fill counted", s)
 		}
 	}
+	sc.shutdown(t)
 }
 
 // A room whose slot migrates to another master while messages flow keeps
@@ -312,22 +353,11 @@ func TestShardConnectionKilledGapFilled(t *testing.T) {
 // are closed. Nothing is left running after Shutdown.
 func TestSlotMigrationUnderTraffic(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 0)
-	rooms, slot := roomsOnEveryMaster(t, c, 1)
-	room := rooms[0]
-	from := c.MasterOf(t, slot[room])
+	sc := newRoomScene(t, c)
+	room, sender, from := sc.room, sc.sender, sc.master
 	to := c.Masters[(slices.Index(c.Masters, from)+1)%len(c.Masters)]
-	a, b := clusterInstance(t, c), clusterInstance(t, c)
-	sender := a.connect(t, "room="+room+"&user=sender")
-	members := map[string]*wstest.Conn{
-		"a": a.connect(t, "room="+room+"&user=ann"),
-		"b": b.connect(t, "room="+room+"&user=ben"),
-	}
-
 	const total = 600
-	var watchers []*seqWatcher
-	for name, m := range members {
-		watchers = append(watchers, watchSeqs(name, m, room, fmt.Sprint("m ", total-1)))
-	}
+	watchers := sc.watch(fmt.Sprint("m ", total-1))
 	var sent sync.WaitGroup
 	moved := make(chan struct{})
 	sent.Go(func() {
@@ -348,7 +378,7 @@ func TestSlotMigrationUnderTraffic(t *testing.T) {
 		return watchers[0].got >= total/4
 	})
 	close(moved)
-	c.MoveSlot(t, slot[room], to)
+	c.MoveSlot(t, sc.slot, to)
 	sent.Wait()
 	for _, w := range watchers {
 		w.check(t)
@@ -373,28 +403,12 @@ func TestSlotMigrationUnderTraffic(t *testing.T) {
 	if n := shardSubscribers(t, to); n != 2 {
 		t.Errorf("new owner: %d subscription connections, want 2", n)
 	}
-	for _, in := range []*instance{a, b} {
+	for _, in := range []*instance{sc.a, sc.b} {
 		if g := in.h.Stats().GapFills; g == 0 {
 			t.Errorf("no gap fill counted after the move")
 		}
 	}
-	shutdownAll(t, []*wstest.Conn{sender, members["a"], members["b"]}, a, b)
-	noGoroutinesLeft(t)
-}
-
-// shutdownAll closes the clients, then shuts the instances down.
-func shutdownAll(t *testing.T, clients []*wstest.Conn, ins ...*instance) {
-	t.Helper()
-	for _, c := range clients {
-		c.Close()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for _, in := range ins {
-		if err := in.h.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-	}
+	sc.shutdown(t)
 }
 
 // A master killed with SIGKILL in a cluster with replicas fails over; the
@@ -408,19 +422,9 @@ func shutdownAll(t *testing.T, clients []*wstest.Conn, ins ...*instance) {
 // history is made long enough for them all.
 func TestClusterFailover(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 1)
-	rooms, slot := roomsOnEveryMaster(t, c, 1)
-	room := rooms[0]
-	dead := c.MasterOf(t, slot[room])
-	a, b := clusterInstance(t, c, WithHistory(1000)), clusterInstance(t, c, WithHistory(1000))
-	sender := a.connect(t, "room="+room+"&user=sender")
-	members := map[string]*wstest.Conn{
-		"a": a.connect(t, "room="+room+"&user=ann"),
-		"b": b.connect(t, "room="+room+"&user=ben"),
-	}
-	var watchers []*seqWatcher
-	for name, m := range members {
-		watchers = append(watchers, watchSeqs(name, m, room, "end"))
-	}
+	sc := newRoomScene(t, c, WithHistory(1000))
+	room, sender, dead := sc.room, sc.sender, sc.master
+	watchers := sc.watch("end")
 	endAnswer := make(chan string, 1) // the outcome of the last send
 	go func() {                       // the sender's own frames
 		for {
@@ -454,7 +458,7 @@ func TestClusterFailover(t *testing.T) {
 	eventually(t, wait, "messages flowing", func() bool { return watchers[0].count("m") >= 25 })
 	killed := time.Now()
 	dead.Kill(t)
-	newMaster := c.WaitFailover(t, slot[room], dead, 30*time.Second)
+	newMaster := c.WaitFailover(t, sc.slot, dead, 30*time.Second)
 	failedOver := time.Now()
 	t.Logf("failover to %s took %v (at %s)", newMaster.Addr, failedOver.Sub(killed).Round(time.Millisecond), failedOver.Format("15:04:05.000"))
 	eventually(t, 10*time.Second, "messages relayed again", func() bool {
@@ -487,8 +491,7 @@ func TestClusterFailover(t *testing.T) {
 		t.Logf("%s: %d messages, the first after the kill %v after the failover, %d unfillable gaps", w.name, w.got, back.Round(time.Millisecond), w.gaps)
 		w.mu.Unlock()
 	}
-	shutdownAll(t, []*wstest.Conn{sender, members["a"], members["b"]}, a, b)
-	noGoroutinesLeft(t)
+	sc.shutdown(t)
 }
 
 // An instance whose view of the cluster is stale subscribes a room on the
