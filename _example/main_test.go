@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,7 +24,7 @@ func TestUnreachableRedisFailsFast(t *testing.T) {
 	dead := ln.Addr().String()
 	ln.Close()
 	start := time.Now()
-	if code := run("127.0.0.1:0", "redis://"+dead, settings{}); code != 1 {
+	if code := cli(context.Background(), []string{"-addr", "127.0.0.1:0", "-redis", "redis://" + dead}, io.Discard, nil); code != 1 {
 		t.Fatalf("run with an unreachable Redis returned %d, want 1", code)
 	}
 	if took := time.Since(start); took > 5*time.Second {
@@ -66,7 +67,7 @@ func TestListensOnLoopbackByDefault(t *testing.T) {
 func serveTestInstance(t *testing.T, set settings) *instance {
 	t.Helper()
 	mr := miniredis.RunT(t)
-	in, err := newInstance("127.0.0.1:0", &redis.Options{Addr: mr.Addr()}, set, slog.New(slog.DiscardHandler))
+	in, err := newInstance("127.0.0.1:0", &backend{opt: &redis.Options{Addr: mr.Addr()}}, set, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
