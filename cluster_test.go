@@ -228,6 +228,16 @@ func (w *seqWatcher) count(text string) int {
 	return w.texts[text]
 }
 
+// maxPause returns the longest time between two messages. Called with
+// w.mu held.
+func (w *seqWatcher) maxPause() time.Duration {
+	var longest time.Duration
+	for i := 1; i < len(w.at); i++ {
+		longest = max(longest, w.at[i].Sub(w.at[i-1]))
+	}
+	return longest
+}
+
 // firstAfter returns when the first message came after t; zero if none
 // did. Called with w.mu held.
 func (w *seqWatcher) firstAfter(t time.Time) time.Time {
@@ -384,6 +394,13 @@ func TestSlotMigrationUnderTraffic(t *testing.T) {
 		w.check(t)
 		if w.got != total || w.gaps > 0 {
 			t.Errorf("%s: %d of %d messages, %d unfillable gaps", w.name, w.got, total, w.gaps)
+		}
+		// The instances subscribe on the new owner within milliseconds;
+		// a pause of seconds would take more than the history to fill.
+		if p := w.maxPause(); p > time.Second {
+			t.Errorf("%s: messages stopped for %v during the move", w.name, p)
+		} else {
+			t.Logf("%s: longest pause between two messages %v", w.name, p.Round(time.Millisecond))
 		}
 	}
 	// The sender's own copies arrive too: every message was accepted.

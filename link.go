@@ -141,16 +141,19 @@ func (l *link) unsubscribe(ctx context.Context, sharded bool, channels []string)
 }
 
 // linkFor returns the link room must be subscribed on: the classic link,
-// or, in sharded mode, the link to the master that owns the room's slot as
-// the cluster client last saw it, created if need be. A stale view is
-// corrected by the master's MOVED reply or pushed sunsubscribe.
-func (s *subscriber) linkFor(ctx context.Context, room string) (*link, error) {
+// or, in sharded mode, the link to node if given, else to the master that
+// owns the room's slot as the cluster client last saw it, created if need
+// be. A stale view is corrected by the master's MOVED reply or pushed
+// sunsubscribe.
+func (s *subscriber) linkFor(ctx context.Context, room string, node *redis.Client) (*link, error) {
 	if s.cluster == nil {
 		return s.classic, nil
 	}
-	node, err := s.cluster.MasterForKey(ctx, s.keys.channel(room))
-	if err != nil {
-		return nil, err
+	if node == nil {
+		var err error
+		if node, err = s.cluster.MasterForKey(ctx, s.keys.channel(room)); err != nil {
+			return nil, err
+		}
 	}
 	addr := node.Options().Addr
 	s.mu.Lock()
@@ -232,7 +235,6 @@ func (s *subscriber) unlock() {
 func (s *subscriber) linkLost(l *link, err error) {
 	s.stats.subscriptionReconnects.Add(1)
 	s.logRetry("sharded subscription connection lost: subscribing its rooms again where the cluster now places them", "node", l.node, "err", err)
-	s.cluster.ReloadState(context.Background())
 	var lost []string
 	s.mu.Lock()
 	for room, st := range s.rooms {
@@ -240,7 +242,7 @@ func (s *subscriber) linkLost(l *link, err error) {
 			continue
 		}
 		lost = append(lost, room)
-		s.unplaceLocked(room, st)
+		s.unplaceLocked(room, st, false)
 	}
 	s.dropLinkLocked(l)
 	s.unlock()
@@ -249,33 +251,37 @@ func (s *subscriber) linkLost(l *link, err error) {
 
 // roomMoved handles a sunsubscribe that the subscriber did not ask for:
 // the room's slot moved to another master (resharding) or its node stopped
-// being a master (failover).
+// being a master (failover). The room is placed again at once.
 func (s *subscriber) roomMoved(room string, st *subState) {
 	s.log.Info("room's slot moved: subscribing it on its new owner", "room", room, "node", st.link.node)
-	s.cluster.ReloadState(context.Background())
-	s.unplaceLocked(room, st)
+	s.unplaceLocked(room, st, true)
 }
 
 // unplaceLocked forgets where st was subscribed; a wanted room is placed
-// again after retryDelay (the cluster's view needs a moment to refresh),
-// and its next confirmation resumes it.
-func (s *subscriber) unplaceLocked(room string, st *subState) {
+// again, after a fresh look at the cluster: at once (now), or after
+// retryDelay when its node failed. Its next confirmation resumes it.
+func (s *subscriber) unplaceLocked(room string, st *subState, now bool) {
 	if st.confirmed {
 		st.interrupted = true
 	}
 	st.confirmed, st.inFlight = false, false
 	s.setLinkLocked(st, nil)
-	if !st.want {
+	s.stale = true
+	switch {
+	case !st.want:
 		delete(s.rooms, room)
-		return
+	case now:
+		s.markDirtyLocked(room)
+	default:
+		s.retryLocked(room)
 	}
-	s.retryLocked(room)
 }
 
 // rejected handles an error reply on a sharded link: the answer to the
 // oldest command awaiting one (MOVED after a stale view of the cluster,
-// CLUSTERDOWN during a failover). A refused SSUBSCRIBE is placed again
-// later; a refused SUNSUBSCRIBE leaves nothing subscribed on this node.
+// CLUSTERDOWN during a failover). A refused SSUBSCRIBE is placed again:
+// at once on the master a MOVED names, later otherwise. A refused
+// SUNSUBSCRIBE leaves nothing subscribed on this node.
 func (s *subscriber) rejected(l *link, err error) {
 	s.mu.Lock()
 	if len(l.pending) == 0 {
@@ -293,12 +299,13 @@ func (s *subscriber) rejected(l *link, err error) {
 	case !unsupported:
 		s.log.Info("Redis refused a subscription command: placing the room again", "room", cmd.room, "node", l.node, "err", err)
 	}
-	s.cluster.ReloadState(context.Background())
 	st := s.rooms[cmd.room]
+	movedTo, moved := redis.IsMovedError(err)
 	switch {
 	case st == nil || st.link != l || !st.inFlight:
 	case cmd.subscribe:
-		s.unplaceLocked(cmd.room, st)
+		s.unplaceLocked(cmd.room, st, moved)
+		st.movedTo = movedTo
 	default:
 		st.inFlight, st.confirmed = false, false
 		s.setLinkLocked(st, nil)
@@ -342,4 +349,24 @@ func (s *subscriber) logRetry(msg string, args ...any) {
 	} else {
 		s.log.Debug(msg, args...)
 	}
+}
+
+// reloadMasters reads the cluster's slot map now (go-redis's ReloadState
+// only schedules a read) and returns its masters by address. A failure
+// leaves the old view, which a MOVED reply corrects.
+func (s *subscriber) reloadMasters(ctx context.Context) map[string]*redis.Client {
+	ctx, cancel := context.WithTimeout(ctx, s.confirmTimeout)
+	defer cancel()
+	var mu sync.Mutex
+	masters := make(map[string]*redis.Client)
+	err := s.cluster.ForEachMaster(ctx, func(_ context.Context, c *redis.Client) error {
+		mu.Lock()
+		defer mu.Unlock()
+		masters[c.Options().Addr] = c
+		return nil
+	})
+	if err != nil {
+		s.log.Debug("cannot read the cluster's slot map", "err", err)
+	}
+	return masters
 }

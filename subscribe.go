@@ -62,6 +62,7 @@ type subscriber struct {
 	// their node refused them, failed, or gave their slot away.
 	retry      map[string]struct{}
 	retryDelay time.Duration
+	stale      bool // a room moved or its master failed: reload the cluster's slot map before placing rooms
 	// Redis refused SSUBSCRIBE as unknown (Redis 6), which was logged.
 	toldUnsupported bool
 
@@ -74,12 +75,13 @@ type subscriber struct {
 // can be matched to the command it answers and a stale "unsubscribe" can
 // never be taken for a fresh "subscribe".
 type subState struct {
-	want        bool  // the owner needs the room: it has a local member or joiner
-	confirmed   bool  // Redis's last word on the room was "subscribe"
-	inFlight    bool  // a command for the room awaits its reply
-	resubscribe bool  // our last command was SUBSCRIBE: go-redis resubscribes it after a reconnect
-	interrupted bool  // was confirmed when its connection was lost: next confirmation resumes
-	link        *link // the connection its last command went on; nil: none
+	want        bool   // the owner needs the room: it has a local member or joiner
+	confirmed   bool   // Redis's last word on the room was "subscribe"
+	inFlight    bool   // a command for the room awaits its reply
+	resubscribe bool   // our last command was SUBSCRIBE: go-redis resubscribes it after a reconnect
+	interrupted bool   // was confirmed when its connection was lost: next confirmation resumes
+	link        *link  // the connection its last command went on; nil: none
+	movedTo     string // sharded: the master a MOVED reply named, for its next placement
 }
 
 const (
@@ -215,7 +217,12 @@ func (s *subscriber) reconcileLoop(ctx context.Context) {
 func (s *subscriber) reconcile(ctx context.Context) {
 	var toSubscribe []string
 	toUnsubscribe := make(map[*link][]string)
+	movedTo := make(map[string]string) // room → the master a MOVED named
 	s.mu.Lock()
+	stale := s.stale && len(s.dirty) > 0
+	if stale {
+		s.stale = false
+	}
 	for room := range s.dirty {
 		st := s.rooms[room]
 		switch {
@@ -224,6 +231,9 @@ func (s *subscriber) reconcile(ctx context.Context) {
 		case st.want && !st.confirmed:
 			st.inFlight, st.resubscribe = true, true
 			toSubscribe = append(toSubscribe, room)
+			if st.movedTo != "" {
+				movedTo[room], st.movedTo = st.movedTo, ""
+			}
 		case !st.want && st.confirmed:
 			st.inFlight, st.resubscribe = true, false
 			toUnsubscribe[st.link] = append(toUnsubscribe[st.link], room)
@@ -235,7 +245,7 @@ func (s *subscriber) reconcile(ctx context.Context) {
 	}
 	s.unlock()
 
-	for l, rooms := range s.place(ctx, toSubscribe) {
+	for l, rooms := range s.place(ctx, toSubscribe, movedTo, stale) {
 		var err error
 		if l == nil {
 			err = errNoLink
@@ -265,11 +275,17 @@ func (s *subscriber) reconcile(ctx context.Context) {
 }
 
 // place finds each room's link (linkFor) and records it; rooms that have
-// none (the cluster cannot be asked) come back under nil.
-func (s *subscriber) place(ctx context.Context, rooms []string) map[*link][]string {
+// none (the cluster cannot be asked) come back under nil. With stale, the
+// cluster's slot map is read again first; a room a MOVED sent elsewhere
+// goes to the master it named, if that is one.
+func (s *subscriber) place(ctx context.Context, rooms []string, movedTo map[string]string, stale bool) map[*link][]string {
+	var masters map[string]*redis.Client
+	if s.cluster != nil && (stale || len(movedTo) > 0) && len(rooms) > 0 {
+		masters = s.reloadMasters(ctx)
+	}
 	placed := make(map[*link][]string)
 	for _, room := range rooms {
-		l, err := s.linkFor(ctx, room)
+		l, err := s.linkFor(ctx, room, masters[movedTo[room]])
 		if err != nil {
 			s.log.Warn("cannot find the room's node", "room", room, "err", err)
 			l = nil
@@ -347,13 +363,8 @@ func (s *subscriber) commandFailed(rooms []string) {
 			s.setLinkLocked(st, nil)
 			delete(s.rooms, room)
 		case s.cluster != nil:
-			s.setLinkLocked(st, nil)
-			s.retryLocked(room)
+			s.unplaceLocked(room, st, false) // its master may be gone
 		}
-	}
-	if s.cluster != nil {
-		// Its master may be gone: look again before the retry.
-		s.cluster.ReloadState(context.Background())
 	}
 }
 
