@@ -219,10 +219,6 @@ func (s *subscriber) reconcile(ctx context.Context) {
 	toUnsubscribe := make(map[*link][]string)
 	movedTo := make(map[string]string) // room → the master a MOVED named
 	s.mu.Lock()
-	stale := s.stale && len(s.dirty) > 0
-	if stale {
-		s.stale = false
-	}
 	for room := range s.dirty {
 		st := s.rooms[room]
 		switch {
@@ -242,6 +238,10 @@ func (s *subscriber) reconcile(ctx context.Context) {
 			delete(s.rooms, room)
 		}
 		delete(s.dirty, room)
+	}
+	stale := s.stale && len(toSubscribe) > 0
+	if stale {
+		s.stale = false
 	}
 	s.unlock()
 
