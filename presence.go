@@ -142,9 +142,12 @@ func (p *presence) run(ctx context.Context) {
 			p.apply(context.WithoutCancel(ctx))
 			return
 		case <-p.wake:
-			p.apply(ctx)
+			// Not cut short by Shutdown, which may have queued these very
+			// changes (its clients' leaves) as it stopped the loop: apply
+			// has its own timeout.
+			p.apply(context.WithoutCancel(ctx))
 		case <-t.C:
-			p.apply(ctx)
+			p.apply(context.WithoutCancel(ctx))
 			p.refresh(ctx)
 		}
 	}

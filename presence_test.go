@@ -136,3 +136,26 @@ func TestPresenceBadRequests(t *testing.T) {
 		t.Errorf("presence without a room: %v, want bad_request with the ref", e)
 	}
 }
+
+// Shutdown takes the instance's users out of presence before it returns:
+// the others hear user_left now, not when the fields lapse. (The leaves of
+// the clients Shutdown closes are queued as it stops the presence worker;
+// each round gives that race another chance.)
+func TestShutdownLeavesPresence(t *testing.T) {
+	be := miniBackend(t)
+	for round := range 10 {
+		in := newInstance(t, be)
+		c := in.connect(t, "user=ann&room=bye")
+		field := "ann\x00" + in.h.InstanceID()
+		eventually(t, wait, "ann present", func() bool {
+			return be.client(t).HExists(context.Background(), "chat:presence:{bye}", field).Val()
+		})
+		c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		must(t, in.h.Shutdown(ctx))
+		cancel()
+		if be.client(t).HExists(context.Background(), "chat:presence:{bye}", field).Val() {
+			t.Fatalf("round %d: ann still present after Shutdown", round)
+		}
+	}
+}
