@@ -178,7 +178,7 @@ func (h *hub) finishRefill(name string, read joinRead) {
 		r.sendJoined(resumedFrame(name, read.at))
 	}
 	last, caughtUp := r.refill.openAt(read.at.seq, r.relay)
-	r.last.Store(last)
+	r.setLast(last, nil)
 	if caughtUp {
 		r.refill = nil
 	}
@@ -197,7 +197,7 @@ func (h *hub) failRefill(name string) {
 func (h *hub) endRefillLocked(name string, r *room, floor int64) {
 	r.sendJoined(joinedFrame(name, true))
 	if last, _ := r.refill.openAt(floor, r.relay); last > 0 {
-		r.last.Store(last)
+		r.setLast(last, nil)
 	}
 	r.refill = nil
 }

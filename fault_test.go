@@ -382,3 +382,49 @@ func TestGapFilledAfterLostSubscription(t *testing.T) {
 		})
 	}
 }
+
+// A room's history is rewritten under the instance while its subscription
+// is frozen, as when a master dies before its replica got the last message
+// and the replica takes over: the seq the member saw last now numbers
+// another message. The gap fill notices (the member's last message is not
+// in the history any more) and tells the member recovered:false, rather
+// than fill the gap from a seq that means something else now.
+func TestGapFillNoticesRenumbering(t *testing.T) {
+	be := realRedis(t)
+	proxy := proxytest.Start(t, be.addr)
+	sub := redis.NewClient(&redis.Options{Addr: proxy.Addr})
+	t.Cleanup(func() { _ = sub.Close() })
+	a := newInstanceWith(t, be.client(t), sub)
+	b := newInstance(t, be)
+	member := a.connect(t, "user=ann&room=renum")
+	sender := b.connect(t, "user=ben&room=renum")
+	for _, text := range []string{"one", "two"} {
+		must(t, sender.SendJSON(msgFrame("renum", text, "")))
+		if m := member.Next(t, "message", wait); m["text"] != text {
+			t.Fatalf("got %v, want %q", m, text)
+		}
+	}
+
+	proxy.FreezeExisting()
+	// What a replica that never got "two" would hold: seq 1, history up to 1.
+	ctx := context.Background()
+	rc := be.client(t)
+	one := rc.XRange(ctx, "chat:hist:{renum}", "1-0", "1-0").Val()
+	must(t, rc.HSet(ctx, "chat:room:{renum}", "s", 1).Err())
+	must(t, rc.Del(ctx, "chat:hist:{renum}").Err())
+	must(t, rc.XAdd(ctx, &redis.XAddArgs{Stream: "chat:hist:{renum}", ID: "1-0", Values: one[0].Values}).Err())
+	for _, text := range []string{"two again", "three"} {
+		must(t, sender.SendJSON(msgFrame("renum", text, "")))
+	}
+
+	// The watchdog replaces the frozen connection; the gap fill finds seq 2
+	// is not "two".
+	f := member.Next(t, "joined", 10*time.Second)
+	if f["resumed"] != true || f["recovered"] != false || num(f["seq"]) != 3 {
+		t.Fatalf("got %v, want joined resumed, not recovered, at seq 3", f)
+	}
+	must(t, sender.SendJSON(msgFrame("renum", "four", "")))
+	if m := member.Next(t, "message", wait); m["text"] != "four" {
+		t.Fatalf("got %v, want four", m)
+	}
+}

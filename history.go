@@ -28,6 +28,11 @@ type roomPosition struct {
 type joinWant struct {
 	history int       // the latest messages to send with "joined", at most
 	since   *position // send every message after this position (recovery)
+	// last, for a gap fill, is the message the members got last, at seq
+	// since: the gap is filled only if Redis still holds that very message
+	// there. A failover to a replica that had not received it numbers
+	// another message with that seq, and the gap is then unfillable.
+	last []byte
 }
 
 // readScript ensures the room's key (ensureRoomLua) and returns in one
@@ -60,6 +65,9 @@ func readForJoin(ctx context.Context, rc redis.UniversalClient, keys keyspace, t
 	since := int64(-1)
 	if want.since != nil {
 		since = *want.since.Seq
+		if want.last != nil {
+			since-- // read the last message too, to compare it
+		}
 	}
 	res, err := rc.Eval(ctx, readScript, []string{keys.roomKey(room), keys.histKey(room)},
 		int64(ttl/time.Second), since, want.history).Slice()
@@ -76,7 +84,14 @@ func readForJoin(ctx context.Context, rc redis.UniversalClient, keys keyspace, t
 	after, latest := streamFrames(res[2]), streamFrames(res[3])
 	if want.since != nil {
 		s := *want.since.Seq
-		ok := want.since.Epoch == r.at.epoch && s <= r.at.seq &&
+		same := true
+		if want.last != nil {
+			same = len(after) > 0 && seqOf(after[0]) == s && bytes.Equal(after[0], want.last)
+			if same {
+				after = after[1:]
+			}
+		}
+		ok := same && want.since.Epoch == r.at.epoch && s <= r.at.seq &&
 			(s == r.at.seq || len(after) > 0 && seqOf(after[0]) == s+1)
 		r.recovery = &ok
 		if ok {

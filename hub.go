@@ -46,11 +46,32 @@ type room struct {
 	// it, and the seq of the last message relayed to members.
 	epoch string
 	last  atomic.Int64
+	// lastFrame is the message at seq last, when it came live (deliver);
+	// nil when last was set otherwise. A mutex, not an atomic pointer:
+	// storing a slice there would cost an allocation per message.
+	lastMu    sync.Mutex
+	lastFrame []byte
 	// refill holds the members' messages back after a lost subscription
 	// while the Handler reads what was missed (finishRefill).
 	refill *gate
 	// users counts each user's clients here, for presence.
 	users map[string]int
+}
+
+// setLast records seq as the last message relayed here, and frame as that
+// message if it is known (nil otherwise).
+func (r *room) setLast(seq int64, frame []byte) {
+	r.lastMu.Lock()
+	r.last.Store(seq)
+	r.lastFrame = frame
+	r.lastMu.Unlock()
+}
+
+// lastMessage returns the last seq relayed here, and its message if known.
+func (r *room) lastMessage() (int64, []byte) {
+	r.lastMu.Lock()
+	defer r.lastMu.Unlock()
+	return r.last.Load(), r.lastFrame
 }
 
 // waiter is a join waiting for Redis's confirmation: the ref of the join
@@ -239,7 +260,7 @@ func (h *hub) deliver(name string, frame []byte) int {
 	seq := seqOf(frame)
 	delivered := 0
 	if seq > 0 {
-		r.last.Store(seq)
+		r.setLast(seq, frame)
 	}
 	if r.refill != nil {
 		// Held for everyone told "joined" until the gap is filled.
@@ -293,7 +314,11 @@ func (h *hub) subscribed(name string, resumed bool) []pendingRead {
 		if r.epoch != "" {
 			// Fill the gap from the history before anything live.
 			r.refill = &gate{}
-			reads = append(reads, pendingRead{want: joinWant{since: &position{Epoch: r.epoch, Seq: ptr(r.last.Load())}}})
+			want := joinWant{since: &position{Epoch: r.epoch, Seq: ptr(r.last.Load())}}
+			if seq, frame := r.lastMessage(); frame != nil && seq == *want.since.Seq {
+				want.last = frame
+			}
+			reads = append(reads, pendingRead{want: want})
 		} else {
 			r.sendJoined(joinedFrame(name, true))
 		}
