@@ -328,14 +328,7 @@ func stallLosesNothing(t *testing.T, a, b *instance, room string, sleeper *backe
 func TestGapFilledAfterLostSubscription(t *testing.T) {
 	for _, how := range []string{"killed", "frozen"} {
 		t.Run(how, func(t *testing.T) {
-			be := realRedis(t)
-			proxy := proxytest.Start(t, be.addr)
-			sub := redis.NewClient(&redis.Options{Addr: proxy.Addr})
-			t.Cleanup(func() { _ = sub.Close() })
-			a := newInstanceWith(t, be.client(t), sub)
-			b := newInstance(t, be)
-			member := a.connect(t, "user=ann&room=gap")
-			sender := b.connect(t, "user=ben&room=gap")
+			be, proxy, a, member, sender := proxiedRoom(t, "gap")
 
 			const total = 60
 			sent := make(chan error, 1)
@@ -390,14 +383,7 @@ func TestGapFilledAfterLostSubscription(t *testing.T) {
 // in the history any more) and tells the member recovered:false, rather
 // than fill the gap from a seq that means something else now.
 func TestGapFillNoticesRenumbering(t *testing.T) {
-	be := realRedis(t)
-	proxy := proxytest.Start(t, be.addr)
-	sub := redis.NewClient(&redis.Options{Addr: proxy.Addr})
-	t.Cleanup(func() { _ = sub.Close() })
-	a := newInstanceWith(t, be.client(t), sub)
-	b := newInstance(t, be)
-	member := a.connect(t, "user=ann&room=renum")
-	sender := b.connect(t, "user=ben&room=renum")
+	be, proxy, _, member, sender := proxiedRoom(t, "renum")
 	for _, text := range []string{"one", "two"} {
 		must(t, sender.SendJSON(msgFrame("renum", text, "")))
 		if m := member.Next(t, "message", wait); m["text"] != text {
@@ -427,4 +413,18 @@ func TestGapFillNoticesRenumbering(t *testing.T) {
 	if m := member.Next(t, "message", wait); m["text"] != "four" {
 		t.Fatalf("got %v, want four", m)
 	}
+}
+
+// proxiedRoom starts a real Redis and two instances: a, whose subscription
+// connection goes through a proxy the test can freeze, with member ann in
+// room, and another with sender ben in it.
+func proxiedRoom(t *testing.T, room string) (be *backend, proxy *proxytest.Proxy, a *instance, member, sender *wstest.Conn) {
+	t.Helper()
+	be = realRedis(t)
+	proxy = proxytest.Start(t, be.addr)
+	sub := redis.NewClient(&redis.Options{Addr: proxy.Addr})
+	t.Cleanup(func() { _ = sub.Close() })
+	a = newInstanceWith(t, be.client(t), sub)
+	b := newInstance(t, be)
+	return be, proxy, a, a.connect(t, "user=ann&room="+room), b.connect(t, "user=ben&room="+room)
 }

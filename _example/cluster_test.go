@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -123,12 +122,7 @@ func TestClusterFlagUsageErrors(t *testing.T) {
 // A -redis-cluster where no node answers stops the demo at start, with
 // exit status 1, as an unreachable -redis does.
 func TestUnreachableClusterFailsFast(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0") // a port where no Redis answers
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := deadAddr(t)
 	start := time.Now()
 	var stderr bytes.Buffer
 	if code := cli(context.Background(), []string{"-addr", "127.0.0.1:0", "-redis-cluster", dead}, &stderr, nil); code != 1 {
