@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatrelay/chat/internal/demotest"
 	"github.com/chatrelay/chat/internal/redistest"
 	"github.com/chatrelay/chat/internal/wstest"
 )
@@ -122,7 +123,7 @@ func TestClusterFlagUsageErrors(t *testing.T) {
 // A -redis-cluster where no node answers stops the demo at start, with
 // exit status 1, as an unreachable -redis does.
 func TestUnreachableClusterFailsFast(t *testing.T) {
-	dead := deadAddr(t)
+	dead := demotest.FreeAddr(t) // nothing listens there
 	start := time.Now()
 	var stderr bytes.Buffer
 	if code := cli(context.Background(), []string{"-addr", "127.0.0.1:0", "-redis-cluster", dead}, &stderr, nil); code != 1 {

@@ -11,13 +11,14 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/chatrelay/chat/internal/demotest"
 	"github.com/redis/go-redis/v9"
 )
 
 // A -redis that cannot be reached stops the demo at start, with exit
 // status 1, instead of serving a chat that cannot relay.
 func TestUnreachableRedisFailsFast(t *testing.T) {
-	dead := deadAddr(t)
+	dead := demotest.FreeAddr(t) // nothing listens there
 	start := time.Now()
 	if code := cli(context.Background(), []string{"-addr", "127.0.0.1:0", "-redis", "redis://" + dead}, io.Discard, nil); code != 1 {
 		t.Fatalf("run with an unreachable Redis returned %d, want 1", code)
@@ -75,15 +76,4 @@ func serveTestInstance(t *testing.T, set settings) *instance {
 		in.sub.Close()
 	})
 	return in
-}
-
-// deadAddr returns a loopback address where nothing listens.
-func deadAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
