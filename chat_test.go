@@ -221,11 +221,15 @@ func miniCluster(t *testing.T, mr *miniredis.Miniredis) *redis.ClusterClient {
 // Classic Pub/Sub through cluster clients, as on a Redis 6 cluster
 // (miniredis has no sharded Pub/Sub); cluster_test.go runs sharded Pub/Sub
 // on a real cluster.
+// So does a pair of one cluster client and one plain client, without the
+// option: sharded Pub/Sub needs both to be cluster clients.
 func TestClusterClientWithClassicPubSub(t *testing.T) {
 	mr := miniredis.RunT(t)
 	cluster := func() *redis.ClusterClient { return miniCluster(t, mr) }
 	a := newInstanceWith(t, cluster(), cluster(), WithClassicPubSub())
-	b := newInstanceWith(t, cluster(), cluster(), WithClassicPubSub())
+	plain := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = plain.Close() })
+	b := newInstanceWith(t, cluster(), plain)
 	ca := a.connect(t, "room=shard&user=a")
 	cb := b.connect(t, "room=shard&user=b")
 	must(t, ca.SendJSON(msgFrame("shard", "across the cluster", "")))
