@@ -184,7 +184,7 @@ func benchHandler() *Handler {
 		log:     slog.New(slog.DiscardHandler),
 		clients: make(map[*client]struct{}),
 	}
-	h.hub = newHub(h.cfg.maxRooms)
+	h.hub = newHub(h.cfg.maxRooms, h.cfg.history > 0)
 	return h
 }
 

@@ -137,7 +137,7 @@ func New(pub, sub redis.UniversalClient, opts ...Option) *Handler {
 	_, subCluster := sub.(*redis.ClusterClient)
 	h.mode = pubsubMode(pubCluster && subCluster && !cfg.classic)
 	h.activity = &roomActivity{redis: pub, keys: keys, ttl: cfg.roomTTL}
-	h.hub = newHub(cfg.maxRooms)
+	h.hub = newHub(cfg.maxRooms, cfg.history > 0)
 	h.presence = &presence{
 		redis: pub, mode: h.mode, keys: keys, instance: h.id, ttl: cfg.presenceTTL, timeout: cfg.publishTimeout,
 		log: h.log, local: h.hub.localUsers, wake: make(chan struct{}, 1),

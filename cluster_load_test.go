@@ -263,53 +263,15 @@ const endText = "end"
 // instances (so the senders are split between them too), and waits until
 // each has joined.
 func connectRooms(t *testing.T, lrs []*loadRoom, addrs []string) {
-	type conn struct {
-		room, member int
-		c            *wstest.Conn
-		err          error
-	}
-	next := make(chan [2]int)
-	conns := make(chan conn)
-	for range 50 {
-		go func() {
-			for rm := range next {
-				r, k := rm[0], rm[1]
-				url := fmt.Sprintf("ws://%s/chat?room=%s&user=u%d-%d", addrs[(r+k)%2], lrs[r].name, r, k)
-				c, _, err := wstest.Dial(t, url, nil)
-				if err == nil {
-					var f map[string]any
-					if f, err = c.ReadJSON(30 * time.Second); err == nil && f["type"] != "joined" {
-						err = fmt.Errorf("first frame %v", f)
-					}
-				}
-				if err != nil {
-					err = fmt.Errorf("room %d, member %d: %w", r, k, err)
-				}
-				conns <- conn{r, k, c, err}
-			}
-		}()
-	}
-	go func() {
-		defer close(next)
-		for r := range lrs {
-			for k := range roomMembers {
-				next <- [2]int{r, k}
-			}
+	var urls []string
+	for r, lr := range lrs {
+		for k := range roomMembers {
+			urls = append(urls, fmt.Sprintf("ws://%s/chat?room=%s&user=u%d-%d", addrs[(r+k)%2], lr.name, r, k))
 		}
-	}()
-	for _, lr := range lrs {
-		lr.members = make([]*wstest.Conn, roomMembers)
 	}
-	var firstErr error
-	for range len(lrs) * roomMembers {
-		cn := <-conns
-		if cn.err != nil && firstErr == nil {
-			firstErr = cn.err
-		}
-		lrs[cn.room].members[cn.member] = cn.c
-	}
-	if firstErr != nil {
-		t.Fatalf("connect: %v", firstErr)
+	clients := dialJoined(t, urls)
+	for r, lr := range lrs {
+		lr.members = clients[r*roomMembers : (r+1)*roomMembers]
 	}
 }
 

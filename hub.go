@@ -14,6 +14,9 @@ import (
 // subscriber in line with that.
 type hub struct {
 	maxRooms int
+	// history: Redis keeps the rooms' last messages, so a gap fill can
+	// check that the members' last one is still there (subscribed).
+	history bool
 	// presence hears, under mu, when a user's first client here enters a
 	// room and when its last one goes (lock order: hub.mu, then presence's).
 	presence func(room, user string, here bool)
@@ -82,8 +85,8 @@ type waiter struct {
 	want  joinWant
 }
 
-func newHub(maxRooms int) *hub {
-	return &hub{maxRooms: maxRooms, rooms: make(map[string]*room)}
+func newHub(maxRooms int, history bool) *hub {
+	return &hub{maxRooms: maxRooms, history: history, rooms: make(map[string]*room)}
 }
 
 // join puts c in name: catching up at once if the room is subscribed
@@ -315,7 +318,7 @@ func (h *hub) subscribed(name string, resumed bool) []pendingRead {
 			// Fill the gap from the history before anything live.
 			r.refill = &gate{}
 			want := joinWant{since: &position{Epoch: r.epoch, Seq: ptr(r.last.Load())}}
-			if seq, frame := r.lastMessage(); frame != nil && seq == *want.since.Seq {
+			if seq, frame := r.lastMessage(); h.history && frame != nil && seq == *want.since.Seq {
 				want.last = frame
 			}
 			reads = append(reads, pendingRead{want: want})

@@ -21,6 +21,7 @@ import (
 // replacement by a handover. psMu comes before subscriber.mu.
 type link struct {
 	node   string                // the master's address (sharded); "" for the classic link
+	shard  bool                  // sharded Pub/Sub: SSUBSCRIBE, one channel per command
 	client redis.UniversalClient // where its PubSubs come from: the sub client, or the master's node client
 	stop   context.CancelFunc    // ends its reader
 
@@ -58,8 +59,10 @@ func (l *link) answered(room string, subscribe bool) bool {
 // answer).
 var errNoLink = errors.New("no subscription connection")
 
+// newLink makes the classic link (node "") or the sharded link to the
+// master at node.
 func newLink(node string, client redis.UniversalClient) *link {
-	return &link{node: node, client: client, ready: make(chan struct{}), stop: func() {}}
+	return &link{node: node, shard: node != "", client: client, ready: make(chan struct{}), stop: func() {}}
 }
 
 // close ends the link's connection (Redis drops its subscriptions) and its
@@ -88,8 +91,8 @@ func (l *link) close() error {
 // command may not span slots, and go-redis's own resubscription after a
 // reconnect would name them all at once (CROSSSLOT), so a sharded link is
 // never reconnected: it is replaced (see linkLost).
-func (l *link) newPubSub(ctx context.Context, sharded bool, channels []string) (*redis.PubSub, error) {
-	if !sharded {
+func (l *link) newPubSub(ctx context.Context, channels []string) (*redis.PubSub, error) {
+	if !l.shard {
 		return l.client.Subscribe(ctx, channels...), nil
 	}
 	ps := l.client.SSubscribe(ctx)
@@ -103,16 +106,16 @@ func (l *link) newPubSub(ctx context.Context, sharded bool, channels []string) (
 
 // subscribe sends SUBSCRIBE (SSUBSCRIBE) for channels and waits for no
 // reply: the reader sees the confirmations. Called with psMu held.
-func (l *link) subscribe(ctx context.Context, sharded bool, channels []string) error {
+func (l *link) subscribe(ctx context.Context, channels []string) error {
 	switch {
 	case l.closed:
 		return redis.ErrClosed
 	case l.ps == nil:
-		ps, err := l.newPubSub(ctx, sharded, channels)
+		ps, err := l.newPubSub(ctx, channels)
 		l.ps = ps
 		close(l.ready)
 		return err
-	case !sharded:
+	case !l.shard:
 		return l.ps.Subscribe(ctx, channels...)
 	}
 	for _, ch := range channels {
@@ -125,11 +128,11 @@ func (l *link) subscribe(ctx context.Context, sharded bool, channels []string) e
 
 // unsubscribe sends UNSUBSCRIBE (SUNSUBSCRIBE) for channels. Called with
 // psMu held.
-func (l *link) unsubscribe(ctx context.Context, sharded bool, channels []string) error {
+func (l *link) unsubscribe(ctx context.Context, channels []string) error {
 	switch {
 	case l.closed || l.ps == nil:
 		return redis.ErrClosed
-	case sharded:
+	case l.shard:
 		for _, ch := range channels { // one slot per command
 			if err := l.ps.SUnsubscribe(ctx, ch); err != nil {
 				return err

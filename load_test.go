@@ -42,42 +42,12 @@ func TestLoad10kConnections(t *testing.T) {
 	baseline := rss(t, demo)
 
 	start := time.Now()
-	clients := make([]*wstest.Conn, conns)
-	var wg sync.WaitGroup
-	errs := make(chan error, conns)
-	next := make(chan int)
-	for w := 0; w < 50; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				room := i / roomSize
-				url := fmt.Sprintf("ws://%s/chat?room=load-%d&user=u%d", addrs[(i+room)%2], room, i)
-				c, _, err := wstest.Dial(t, url, nil)
-				if err == nil {
-					var f map[string]any
-					f, err = c.ReadJSON(30 * time.Second)
-					if err == nil && f["type"] != "joined" {
-						err = fmt.Errorf("client %d: first frame %v", i, f)
-					}
-				}
-				if err != nil {
-					errs <- err
-					continue
-				}
-				clients[i] = c
-			}
-		}()
+	urls := make([]string, conns)
+	for i := range urls {
+		room := i / roomSize
+		urls[i] = fmt.Sprintf("ws://%s/chat?room=load-%d&user=u%d", addrs[(i+room)%2], room, i)
 	}
-	for i := 0; i < conns; i++ {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("connect: %v", err)
-	}
+	clients := dialJoined(t, urls)
 	connected := rss(t, demo)
 	perConn := float64(connected-baseline) / conns
 	t.Logf("%d connections joined %d rooms in %v; server RSS %d -> %d KiB, %.1f KiB per connection",
@@ -190,4 +160,43 @@ func raiseFileLimit(t *testing.T, n uint64) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatalf("need %d open files; raising RLIMIT_NOFILE failed (%v): raise ulimit -n", n, err)
 	}
+}
+
+// dialJoined connects to every URL, 50 at a time, and waits for each
+// connection's "joined" (one room per URL); it fails the test on the first
+// error. clients[i] is urls[i]'s connection.
+func dialJoined(t *testing.T, urls []string) (clients []*wstest.Conn) {
+	t.Helper()
+	clients = make([]*wstest.Conn, len(urls))
+	errs := make(chan error, len(urls))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			for i := range next {
+				c, _, err := wstest.Dial(t, urls[i], nil)
+				if err == nil {
+					var f map[string]any
+					if f, err = c.ReadJSON(30 * time.Second); err == nil && f["type"] != "joined" {
+						err = fmt.Errorf("first frame %v", f)
+					}
+				}
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", urls[i], err)
+					continue
+				}
+				clients[i] = c
+			}
+		})
+	}
+	for i := range urls {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("connect: %v", err)
+	}
+	return clients
 }

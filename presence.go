@@ -139,20 +139,20 @@ func (p *presence) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			// Shutdown: the clients are gone, their leaves queued.
-			p.apply(context.WithoutCancel(ctx))
+			p.apply(ctx)
 			return
 		case <-p.wake:
-			// Not cut short by Shutdown, which may have queued these very
-			// changes (its clients' leaves) as it stopped the loop: apply
-			// has its own timeout.
-			p.apply(context.WithoutCancel(ctx))
+			p.apply(ctx)
 		case <-t.C:
-			p.apply(context.WithoutCancel(ctx))
+			p.apply(ctx)
 			p.refresh(ctx)
 		}
 	}
 }
 
+// apply sends the queued changes, bounded by the timeout alone: ctx's end
+// does not cut it short, because Shutdown ends the loop's ctx just after
+// queuing its clients' leaves, which must still go out.
 func (p *presence) apply(ctx context.Context) {
 	p.mu.Lock()
 	ops := p.pending
@@ -161,7 +161,7 @@ func (p *presence) apply(ctx context.Context) {
 	if len(ops) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
 	defer cancel()
 	ttl := p.lifetime().Milliseconds()
 	_, err := p.redis.Pipelined(ctx, func(pl redis.Pipeliner) error {

@@ -65,11 +65,11 @@ func (s *subscriber) receive(ctx context.Context, l *link) {
 				ho, ps = s.handOver(ctx, l, ps)
 				lastFrame = time.Now()
 				continue
-			case s.cluster != nil && errors.As(err, &reply):
+			case l.shard && errors.As(err, &reply):
 				lastFrame = time.Now()
 				s.rejected(l, err)
 				continue
-			case s.cluster != nil:
+			case l.shard:
 				s.linkLost(l, err)
 				return
 			}
@@ -184,7 +184,7 @@ func (s *subscriber) handOver(ctx context.Context, l *link, old *redis.PubSub) (
 	for _, room := range wanted {
 		ho.awaiting[room] = true
 	}
-	l.ps, _ = l.newPubSub(ctx, s.cluster != nil, s.channels(wanted)) // an error shows up in the next receive
+	l.ps, _ = l.newPubSub(ctx, s.channels(wanted)) // an error shows up in the next receive
 	if len(wanted) == 0 {
 		ho.mark(ctx)
 	}
@@ -212,7 +212,7 @@ func (s *subscriber) resubscribeAll(l *link) []string {
 		st.inFlight, st.resubscribe = true, true
 		wanted = append(wanted, room)
 	}
-	if s.cluster != nil {
+	if l.shard {
 		l.pending = l.pending[:0] // the old connection's replies go unread
 		for _, room := range wanted {
 			l.pending = append(l.pending, command{room, true})

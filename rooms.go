@@ -54,9 +54,6 @@ func (h *Handler) startReads(room string, reads []pendingRead) {
 		fail := func(err error) { h.abandonJoin(pr.c, room, err) }
 		finish := func(read joinRead) { h.hub.finishJoin(pr.c, room, read) }
 		if pr.c == nil { // the room's members, after a lost subscription
-			if h.cfg.history == 0 {
-				pr.want.last = nil // nothing to compare it with
-			}
 			fail = func(error) { h.stats.redisErrors.Add(1); h.hub.failRefill(room) }
 			finish = func(read joinRead) {
 				h.stats.gapFills.Add(1)

@@ -311,8 +311,7 @@ func (s *subscriber) send(ctx context.Context, l *link, rooms []string, subscrib
 	defer cancel()
 	l.psMu.Lock()
 	defer l.psMu.Unlock()
-	sharded := s.cluster != nil
-	if sharded {
+	if l.shard {
 		// Recorded before the write: the reply may be read before it returns.
 		s.mu.Lock()
 		for _, room := range rooms {
@@ -322,11 +321,11 @@ func (s *subscriber) send(ctx context.Context, l *link, rooms []string, subscrib
 	}
 	var err error
 	if subscribe {
-		err = l.subscribe(ctx, sharded, s.channels(rooms))
+		err = l.subscribe(ctx, s.channels(rooms))
 	} else {
-		err = l.unsubscribe(ctx, sharded, s.channels(rooms))
+		err = l.unsubscribe(ctx, s.channels(rooms))
 	}
-	if err != nil && sharded {
+	if err != nil && l.shard {
 		// The link's connection failed: linkLost follows.
 		s.mu.Lock()
 		for _, room := range rooms {
